@@ -1,0 +1,119 @@
+"""The public callable built from a :class:`~fastloss._spec.LossSpec`.
+
+``fl.huber(pred, target, *, delta=1.0, weight=None, reduction="mean")`` returns the loss,
+``fl.huber.grad(...)`` the gradient(s), ``fl.huber.value_and_grad(...)`` both from one fused pass.
+Each of the three carries a real :class:`inspect.Signature` and a numpydoc docstring generated from
+the declaration.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from ._docs import render_docstring
+from ._kinds import KINDS
+from ._spec import LossSpec, Param
+from ._validate import check_reduction
+
+_MISSING = object()
+
+
+class Loss:
+    """A fused loss-and-gradient function. Call it for the loss; see ``grad`` and ``value_and_grad``."""
+
+    def __init__(self, spec: LossSpec):
+        if spec.kind not in KINDS:
+            raise ValueError(f"{spec.name}: unknown kind {spec.kind!r}; known: {sorted(KINDS)}")
+        self.spec = spec
+        self._kind = KINDS[spec.kind]
+        self._params: tuple[Param, ...] = tuple(spec.params) + tuple(self._kind.extra_params(spec))
+        self._input_names = tuple(i.name for i in spec.inputs)
+        self.__name__ = self.__qualname__ = spec.name
+        self.__module__ = "fastloss"
+        self.__doc__ = render_docstring(spec, self._params, "value")
+        self.__signature__ = self._signature(with_out=False)
+        self.grad = self._method("grad", need_value=False, with_out=True)
+        self.value_and_grad = self._method("value_and_grad", need_value=True, with_out=True)
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def __call__(self, *args, **kwargs):
+        inputs, params, weight, reduction, _, _ = self._bind(args, kwargs, with_out=False)
+        result = self._kind.run(
+            self.spec, inputs, params, weight, reduction, need_value=True, need_grad=False, out=None
+        )
+        return result[0]
+
+    def _method(self, name: str, *, need_value: bool, with_out: bool):
+        single = len(self.spec.differentiable) == 1
+
+        def method(*args, **kwargs):
+            inputs, params, weight, reduction, out, stats = self._bind(args, kwargs, with_out=with_out)
+            result = self._kind.run(
+                self.spec, inputs, params, weight, reduction,
+                need_value=need_value, need_grad=True, out=out, stats=bool(stats),
+            )
+            g = result[1][0] if single else tuple(result[1])
+            head = (result[0], g) if need_value else (g,)
+            if stats:
+                return (*head, result[2])
+            return head if need_value else g
+
+        method.__name__ = name
+        method.__qualname__ = f"{self.spec.name}.{name}"
+        method.__doc__ = render_docstring(self.spec, self._params, name)
+        method.__signature__ = self._signature(with_out=with_out)
+        return method
+
+    def _bind(self, args: tuple, kwargs: dict[str, Any], *, with_out: bool):
+        name = self.spec.name
+        names = self._input_names
+        if len(args) > len(names):
+            raise TypeError(
+                f"{name}() takes {len(names)} positional arguments ({', '.join(names)}) but {len(args)} were given; "
+                "hyper-parameters are keyword-only"
+            )
+        inputs = list(args)
+        for inp in self.spec.inputs[len(args):]:
+            v = kwargs.pop(inp.name, _MISSING)
+            if v is _MISSING:
+                if not inp.optional:
+                    raise TypeError(f"{name}() missing required argument {inp.name!r}")
+                v = None
+            inputs.append(v)
+        weight = kwargs.pop("weight", None)
+        reduction = check_reduction(name, kwargs.pop("reduction", "mean"))
+        out = kwargs.pop("out", None) if with_out else None
+        stats = kwargs.pop("stats", False) if with_out else False
+        params = {}
+        for p in self._params:
+            v = kwargs.pop(p.name, p.default)
+            params[p.name] = v if v is p.default else p.check(name, v)
+        if kwargs:
+            raise TypeError(f"{name}() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
+        if self.spec.check is not None:
+            self.spec.check(params)
+        return inputs, params, weight, reduction, out, stats
+
+    # -- introspection -------------------------------------------------------------------------
+
+    def _signature(self, *, with_out: bool) -> inspect.Signature:
+        P = inspect.Parameter
+        ps = [
+            P(i.name, P.POSITIONAL_OR_KEYWORD, default=None if i.optional else P.empty)
+            for i in self.spec.inputs
+        ]
+        ps += [P(p.name, P.KEYWORD_ONLY, default=p.default) for p in self._params]
+        ps += [P("weight", P.KEYWORD_ONLY, default=None), P("reduction", P.KEYWORD_ONLY, default="mean")]
+        if with_out:
+            ps += [P("out", P.KEYWORD_ONLY, default=None), P("stats", P.KEYWORD_ONLY, default=False)]
+        return inspect.Signature(ps)
+
+    def __repr__(self) -> str:
+        return f"<fastloss loss {self.spec.name}{self.__signature__}>"
+
+    def __reduce__(self):  # picklable by name, e.g. for Dask tasks and multiprocessing
+        from ._registry import get
+
+        return (get, (self.spec.name,))

@@ -1,0 +1,109 @@
+"""Compilation helpers: one driver template, specialised per loss, cached on disk.
+
+A driver template is an ordinary Python function whose body calls a module-level placeholder
+(``_loss_kernel``). :func:`specialise` builds a new function object from the template's code with
+that placeholder bound to the loss's compiled scalar kernel, and gives it a qualified name that
+encodes the loss and a hash of the kernel's source. Numba's on-disk cache is keyed by the source
+file of the template and that qualified name, so each loss gets its own cache entry, a changed
+kernel gets a fresh one, and a second process loads machine code instead of compiling.
+(Closures over a jitted function cannot be cached: the pickled dispatcher carries a per-process id.)
+
+When no cache directory is writable Numba refuses ``cache=True`` at decoration time; we then
+compile in memory and warn once, so ``import fastloss`` never fails for that reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import types
+import warnings
+from collections.abc import Callable, Iterable
+
+import numba
+
+from . import _config
+
+_cache_warned = False
+
+
+def _cache_failed(func: Callable, exc: Exception) -> None:
+    global _cache_warned
+    if not _cache_warned:
+        _cache_warned = True
+        warnings.warn(
+            f"fastloss: compiled kernels cannot be cached on disk ({exc}); compiling in memory. "
+            "Set NUMBA_CACHE_DIR to a writable directory to keep compiled kernels between runs.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def njit(func: Callable | None = None, *, cache: bool = True, **options):
+    """``numba.njit`` with on-disk caching that degrades to in-memory compilation."""
+
+    def wrap(f: Callable):
+        if cache:
+            try:
+                return numba.njit(cache=True, **options)(f)
+            except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+                _cache_failed(f, exc)
+        return numba.njit(**options)(f)
+
+    return wrap if func is None else wrap(func)
+
+
+def source_hash(*funcs: Callable) -> str:
+    """A short stable hash of the source of ``funcs`` (falls back to bytecode)."""
+    h = hashlib.sha1()
+    for f in funcs:
+        f = getattr(f, "py_func", f)
+        try:
+            h.update(inspect.getsource(f).encode())
+        except (OSError, TypeError):
+            code = f.__code__
+            h.update(code.co_code)
+            h.update(repr(code.co_consts).encode())
+    return h.hexdigest()[:12]
+
+
+def specialise(
+    template: Callable,
+    name: str,
+    bindings: dict[str, object],
+    *,
+    parallel: bool,
+    hashed: Iterable[Callable] = (),
+    cache: bool = True,
+):
+    """Compile ``template`` with its placeholder globals replaced by ``bindings``.
+
+    Parameters
+    ----------
+    template
+        Driver function; its globals name the placeholders (for example ``_loss_kernel``).
+    name
+        Loss name, used in the qualified name and therefore in the cache file name.
+    bindings
+        Placeholder name -> compiled function.
+    parallel
+        Whether to compile a ``prange`` parallel driver or its serial twin.
+    hashed
+        Python functions whose source identifies this specialisation (the loss kernels).
+    """
+    tag = source_hash(*hashed) if hashed else "0"
+    suffix = "par" if parallel else "ser"
+    qualname = f"{template.__name__}__{name}__{suffix}_{tag}"
+    glb = dict(template.__globals__)
+    glb.update(bindings)
+    func = types.FunctionType(template.__code__, glb, qualname, template.__defaults__)
+    func.__qualname__ = qualname
+    func.__module__ = template.__module__
+    return njit(func, cache=cache, **_config.jit_options(parallel))
+
+
+def scalar_kernel(func: Callable):
+    """Compile a loss's scalar ``loss_grad`` function for inlining into drivers."""
+    if isinstance(func, numba.core.registry.CPUDispatcher):
+        return func
+    return njit(func, cache=False, error_model="numpy", fastmath=set(_config.FASTMATH))

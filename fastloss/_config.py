@@ -1,0 +1,30 @@
+"""Tunables shared by every kernel driver.
+
+These are read when a driver is compiled or called; change them before the first call.
+``CHUNK`` is part of the numerical contract: reductions sum fixed-size chunks in a fixed order,
+so changing it changes the last bits of a reduced loss (but never makes it depend on threads).
+"""
+
+from __future__ import annotations
+
+#: Elements per reduction chunk. Each chunk is summed in float64, then the chunk partials are
+#: summed serially in index order, which makes results independent of the thread count.
+CHUNK = 4096
+
+#: Below this many elements a serial kernel is used: starting a parallel region costs
+#: microseconds, more than the whole computation on small inputs.
+PARALLEL_THRESHOLD = 65536
+
+#: LLVM fast-math flags. Deliberately not ``fastmath=True``: that implies "no NaN / no Inf",
+#: which would break NaN propagation and ``isnan`` checks inside kernels.
+FASTMATH = frozenset({"reassoc", "contract", "arcp", "nsz"})
+
+
+def jit_options(parallel: bool) -> dict:
+    """Numba options used for every CPU driver."""
+    return {
+        "parallel": parallel,
+        "fastmath": set(FASTMATH),
+        "error_model": "numpy",
+        "nogil": True,
+    }

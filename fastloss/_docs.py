@@ -1,0 +1,73 @@
+"""numpydoc docstrings generated from a loss declaration."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+
+from ._spec import LossSpec, Param
+
+_REDUCTION_DOC = """\
+reduction : {"mean", "sum", "none"}, default "mean"
+    ``"mean"``: the (weighted) mean, ``sum(w * l) / sum(w)`` when ``weight`` is given;
+    ``"sum"``: the (weighted) sum; ``"none"``: per-element losses (times ``weight``).
+    Gradients are those of the reduced loss (of the sum for ``"none"``)."""
+
+_WEIGHT_DOC = """\
+weight : array_like, optional
+    Non-negative weights broadcastable to the loss shape."""
+
+_OUT_DOC = """\
+out : ndarray or tuple of ndarray, optional
+    Buffer(s) receiving the gradient(s): same shape and dtype as the input they belong to. May be
+    that input itself (in-place), never another input.
+stats : bool, default False
+    Also return gradient statistics (L2 norm, max ``|g|``, count of non-finite entries)."""
+
+
+def _param_block(p: Param) -> str:
+    dom = f" in {p.domain}" if p.domain is not None else ""
+    return f"{p.name} : {p.type.__name__}, default {p.default!r}\n    {p.doc}{dom}."
+
+
+def render_docstring(spec: LossSpec, params: Sequence[Param], method: str) -> str:
+    """The numpydoc docstring of ``spec``'s ``__call__`` (``method="value"``), ``grad`` or ``value_and_grad``."""
+    diff = [i.name for i in spec.differentiable]
+    lead = {
+        "value": spec.summary,
+        "grad": f"Gradient of :func:`{spec.name}` with respect to {', '.join(f'``{d}``' for d in diff)}.",
+        "value_and_grad": f":func:`{spec.name}` and its gradient(s), computed in one fused pass.",
+    }[method]
+    parts = [lead, ""]
+    if spec.formula:
+        parts += [".. math::", "", textwrap.indent(spec.formula.strip(), "    "), ""]
+    if spec.gradient:
+        parts += ["Gradient:", "", ".. math::", "", textwrap.indent(spec.gradient.strip(), "    "), ""]
+    parts += ["Parameters", "----------"]
+    for inp in spec.inputs:
+        opt = ", optional" if inp.optional else ""
+        parts += [f"{inp.name} : array_like{opt}", f"    {inp.doc} Domain: {inp.domain}."]
+    parts += [_param_block(p) for p in params]
+    parts += [_WEIGHT_DOC, _REDUCTION_DOC]
+    if method != "value":
+        parts.append(_OUT_DOC)
+    parts += ["", "Returns", "-------"]
+    grad_desc = "gradient" if len(diff) == 1 else "tuple of gradients (" + ", ".join(diff) + ")"
+    loss_ret = (
+        "loss : scalar or ndarray\n"
+        "    The reduced loss (a NumPy scalar), or per-element losses for ``reduction=\"none\"``."
+    )
+    grad_ret = f"grad : ndarray or tuple\n    The {grad_desc}, shaped like the input(s)."
+    parts.append({"value": loss_ret, "grad": grad_ret, "value_and_grad": loss_ret + "\n" + grad_ret}[method])
+    notes = []
+    if spec.equivalents:
+        notes.append("Equivalents: " + "; ".join(f"{k}: ``{v}``" for k, v in spec.equivalents.items()) + ".")
+    if spec.semantics:
+        notes.append(spec.semantics)
+    if notes:
+        parts += ["", "Notes", "-----", *notes]
+    if spec.reference:
+        parts += ["", "References", "----------", f".. [1] {spec.reference}"]
+    if spec.example and method == "value":
+        parts += ["", "Examples", "--------", textwrap.dedent(spec.example).strip()]
+    return "\n".join(parts)

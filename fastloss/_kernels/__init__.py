@@ -1,0 +1,1 @@
+"""Compiled drivers, one per kind of loss and device. Nothing here names a specific loss."""

@@ -1,0 +1,178 @@
+"""The declaration of a loss: everything the package, its tests, docs and benchmarks need to know.
+
+A loss is declared once, in ``fastloss/losses/<family>.py``, as a :class:`LossSpec`. The kind's
+driver compiles ``spec.kernel``; :mod:`fastloss._api` builds the public callable, its signature
+and its docstring from the spec; tests generate data from ``Input.domain`` and parameters from
+``Param.domain``; the docs catalogue and the benchmark iterate over the registry.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A real interval; ``closed`` says which ends belong to it."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    closed: tuple[bool, bool] = (True, True)
+
+    def contains(self, x: float) -> bool:
+        lo_ok = x >= self.low if self.closed[0] else x > self.low
+        hi_ok = x <= self.high if self.closed[1] else x < self.high
+        return bool(lo_ok and hi_ok)
+
+    def __str__(self) -> str:
+        left = "[" if self.closed[0] else "("
+        right = "]" if self.closed[1] else ")"
+        return f"{left}{_fmt(self.low)}, {_fmt(self.high)}{right}"
+
+
+@dataclass(frozen=True)
+class Discrete:
+    """A finite set of allowed values (class labels, ``{-1, +1}`` targets, ...)."""
+
+    values: tuple[float, ...]
+
+    def contains(self, x: float) -> bool:
+        return x in self.values
+
+    def __str__(self) -> str:
+        return "{" + ", ".join(_fmt(v) for v in self.values) + "}"
+
+
+def _fmt(x: float) -> str:
+    if x == math.inf:
+        return "inf"
+    if x == -math.inf:
+        return "-inf"
+    return f"{x:g}"
+
+
+@dataclass(frozen=True)
+class Input:
+    """A positional array argument of a loss.
+
+    ``domain`` is where the loss is defined (used to generate test data; a :class:`Discrete`
+    domain is also validated at call time). ``differentiable`` inputs get a gradient.
+    """
+
+    name: str
+    doc: str
+    domain: Interval | Discrete = Interval()
+    differentiable: bool = False
+    #: Whether the input may be omitted (``None``), e.g. an optional variance.
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Param:
+    """A keyword-only hyper-parameter."""
+
+    name: str
+    default: Any
+    doc: str
+    domain: Interval | Discrete | None = None
+    #: ``float``, ``bool`` or ``int``; bools and ints are passed to kernels as floats.
+    type: type = float
+
+    def check(self, loss: str, value: Any) -> Any:
+        """Validate and normalise ``value``; raise ``TypeError`` / ``ValueError`` naming the loss."""
+        if self.type is bool:
+            if not isinstance(value, (bool, int)) or value not in (0, 1):
+                raise TypeError(f"{loss}: {self.name} must be a bool, got {value!r}")
+            return bool(value)
+        try:
+            if isinstance(value, (bool, str)) or value is None:
+                raise TypeError
+            converted = self.type(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"{loss}: {self.name} must be a {self.type.__name__}, got {value!r}") from None
+        if self.type is int and converted != value:
+            raise TypeError(f"{loss}: {self.name} must be an integer, got {value!r}")
+        if self.type is float and math.isnan(converted):
+            raise ValueError(f"{loss}: {self.name} must not be NaN")
+        if self.domain is not None and not self.domain.contains(converted):
+            raise ValueError(f"{loss}: {self.name} must be in {self.domain}, got {value!r}")
+        return converted
+
+
+@dataclass(frozen=True)
+class Properties:
+    """What the docs catalogue shows to help users choose a loss."""
+
+    problem: str  # "regression", "binary classification", ...
+    outliers: str  # sensitivity to outliers: "high", "low", ...
+    gradient: str  # gradient behaviour, e.g. "linear in the residual", "bounded"
+    use: str  # typical use
+    cost: str  # relative compute cost: "low", "medium", "high"
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """The single declaration of a loss.
+
+    Attributes
+    ----------
+    name
+        Public name (``fastloss.<name>``).
+    kind
+        Name of the driver kind (``"pointwise"``, ``"rowwise"``, ...).
+    kernel
+        Scalar function written with :mod:`math` only. For the pointwise kind:
+        ``kernel(*inputs, *params) -> (value, *grads)`` with one gradient per differentiable input.
+    inputs, params
+        Positional array arguments and keyword-only hyper-parameters.
+    summary, formula, gradient
+        One-line description and LaTeX for the value and the gradient (docs and docstring).
+    reference
+        Literature reference.
+    equivalents
+        ``{"PyTorch": "torch.nn.functional.huber_loss", ...}``; ``semantics`` says how they match.
+    properties
+        Catalogue properties.
+    example
+        A doctest snippet (without the ``>>>``-free lines stripped) that runs in CI.
+    prepare
+        Optional ``prepare(params: dict) -> tuple[float, ...]`` turning checked parameters into the
+        kernel's parameter tuple (defaults to the values in declaration order, as floats).
+    check
+        Optional ``check(params: dict)`` for constraints between parameters.
+    fd_safe
+        Optional ``fd_safe(inputs: tuple[np.ndarray], params: dict, h: float) -> bool mask``:
+        where a finite-difference check of the gradient is meaningful (away from kinks).
+    options
+        Kind-specific options (e.g. rowwise: target forms, ``ignore_index`` support).
+    """
+
+    name: str
+    kind: str
+    kernel: Callable
+    inputs: Sequence[Input]
+    params: Sequence[Param] = ()
+    summary: str = ""
+    formula: str = ""
+    gradient: str = ""
+    reference: str = ""
+    equivalents: Mapping[str, str] = field(default_factory=dict)
+    semantics: str = ""
+    properties: Properties | None = None
+    example: str = ""
+    prepare: Callable[[dict], tuple] | None = None
+    check: Callable[[dict], None] | None = None
+    fd_safe: Callable | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def differentiable(self) -> tuple[Input, ...]:
+        return tuple(i for i in self.inputs if i.differentiable)
+
+    def kernel_params(self, params: Mapping[str, Any]) -> tuple[float, ...]:
+        if self.prepare is not None:
+            return tuple(float(v) for v in self.prepare(dict(params)))
+        return tuple(float(params[p.name]) for p in self.params)

@@ -1,0 +1,120 @@
+"""Input checks shared by every kind. Everything here raises before any kernel runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ._compile import njit
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def as_array(loss: str, name: str, x) -> np.ndarray:
+    """``np.asarray`` that rejects non-numeric data with a clear ``TypeError``."""
+    if x is None:
+        raise TypeError(f"{loss}: {name} is required, got None")
+    if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
+        raise TypeError(
+            f"{loss}: {name} is a CUDA array but another input is on the host; "
+            "pass all inputs on the same device"
+        )
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{loss}: {name} must be a real numeric array, got dtype {arr.dtype}")
+    return arr
+
+
+def compute_dtype(arr: np.ndarray) -> np.dtype:
+    """float32 / float64 natively, float16 via float32, integers and bools via float64."""
+    if arr.dtype == np.float32 or arr.dtype == np.float16:
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+def check_reduction(loss: str, reduction) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{loss}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def broadcast_shape(loss: str, names: Sequence[str], arrays: Sequence[np.ndarray]) -> tuple[int, ...]:
+    try:
+        return np.broadcast_shapes(*(a.shape for a in arrays))
+    except ValueError:
+        shapes = ", ".join(f"{n}{a.shape}" for n, a in zip(names, arrays))
+        raise ValueError(f"{loss}: shapes do not broadcast: {shapes}") from None
+
+
+def check_weight_shape(loss: str, weight: np.ndarray, shape: tuple[int, ...]) -> None:
+    try:
+        ok = np.broadcast_shapes(weight.shape, shape) == shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{loss}: weight of shape {weight.shape} does not broadcast to the loss shape {shape}")
+
+
+def overlaps(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays share memory (exactly, with a bounded search; undecided counts as yes)."""
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=1_000_000))
+    except np.exceptions.TooHardError:
+        return True
+
+
+def check_out(
+    loss: str,
+    name: str,
+    out,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    forbidden: Sequence[tuple[str, np.ndarray]],
+) -> np.ndarray:
+    """Validate a user-supplied gradient buffer."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{loss}: {name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{loss}: {name} has shape {out.shape}, expected {tuple(shape)}")
+    if out.dtype != dtype:
+        raise TypeError(f"{loss}: {name} has dtype {out.dtype}, expected {dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{loss}: {name} is read-only")
+    for other_name, other in forbidden:
+        if overlaps(out, other):
+            raise ValueError(f"{loss}: {name} shares memory with {other_name}; it may only alias its own input")
+    return out
+
+
+@njit(nogil=True)
+def _first_not_in(flat, allowed):
+    for i in range(flat.size):
+        v = flat[i]
+        ok = False
+        for a in allowed:
+            if v == a:
+                ok = True
+                break
+        if not ok:
+            return i
+    return -1
+
+
+def check_discrete(loss: str, name: str, arr: np.ndarray, allowed: Sequence[float]) -> None:
+    """Raise ``ValueError`` naming the first element of ``arr`` not in ``allowed``."""
+    if arr.size == 0:
+        return
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    if flat.dtype.kind == "b":
+        flat = flat.view(np.uint8)
+    i = _first_not_in(flat, np.asarray(allowed, dtype=np.float64))
+    if i >= 0:
+        index = np.unravel_index(i, arr.shape) if arr.ndim > 1 else (i,)
+        allowed_s = ", ".join(f"{a:g}" for a in allowed)
+        raise ValueError(
+            f"{loss}: {name} must take values in {{{allowed_s}}}; "
+            f"{name}[{', '.join(map(str, index))}] = {flat[i]!r}"
+        )

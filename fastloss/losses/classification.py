@@ -1,0 +1,156 @@
+"""Binary classification losses on logits / scores."""
+
+from __future__ import annotations
+
+import math
+
+from .._registry import register
+from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
+from ._common import sigmoid, softplus
+
+LOGITS = Input("pred", "Logits (unnormalised scores).", differentiable=True)
+PROB_TARGET = Input("target", "Target probabilities (0/1 labels or soft labels).", Interval(0.0, 1.0))
+SIGN_TARGET = Input("target", "Labels in {-1, +1} (``0`` is read as -1).", Discrete((-1.0, 0.0, 1.0)))
+
+
+def _bce(pred, target, pos_weight):
+    # pos_weight * y * softplus(-x) + (1 - y) * softplus(x): stable for any logit
+    p = sigmoid(pred)
+    value = pos_weight * target * softplus(-pred) + (1.0 - target) * softplus(pred)
+    grad = (1.0 - target) * p - pos_weight * target * (1.0 - p)
+    return value, grad
+
+
+binary_cross_entropy = register(LossSpec(
+    name="binary_cross_entropy",
+    kind="pointwise",
+    kernel=_bce,
+    inputs=(LOGITS, PROB_TARGET),
+    params=(Param("pos_weight", 1.0, "Weight of the positive term", Interval(0.0, math.inf)),),
+    summary="Binary cross entropy on logits (sigmoid + log loss, computed stably).",
+    formula=r"\ell = -\left[p_w\, y \log \sigma(x) + (1 - y) \log(1 - \sigma(x))\right]"
+            r" = p_w\, y\, \operatorname{softplus}(-x) + (1 - y) \operatorname{softplus}(x)",
+    gradient=r"\partial \ell / \partial x = (1 - y)\,\sigma(x) - p_w\, y\,(1 - \sigma(x))",
+    reference="Cox, D. R. (1958). The regression analysis of binary sequences. JRSS B 20(2).",
+    equivalents={"PyTorch": "torch.nn.functional.binary_cross_entropy_with_logits",
+                 "optax": "optax.losses.sigmoid_binary_cross_entropy", "scikit-learn": "HalfBinomialLoss"},
+    semantics=("Matches ``torch.nn.functional.binary_cross_entropy_with_logits``; ``pos_weight`` is a scalar "
+               "(PyTorch also accepts a per-class tensor)."),
+    properties=Properties("binary / multi-label classification", "medium", "bounded in (-p_w, 1)",
+                          "probabilistic classifiers, multi-label outputs", "medium (exp, log)"),
+    example="""
+    >>> import numpy as np, fastloss as fl
+    >>> round(float(fl.binary_cross_entropy(np.array([2.0, -1.0]), np.array([1.0, 0.0]))), 6)
+    0.220003
+    """,
+))
+
+
+def _sigmoid_focal(pred, target, alpha, gamma):
+    p = sigmoid(pred)
+    ce = target * softplus(-pred) + (1.0 - target) * softplus(pred)
+    m = p + target - 2.0 * p * target  # 1 - p_t
+    mg = m ** gamma
+    dm = p * (1.0 - p) * (1.0 - 2.0 * target)  # d m / dx
+    dmg = gamma * m ** (gamma - 1.0) * dm if (gamma != 0.0 and m > 0.0) else 0.0
+    value = ce * mg
+    grad = (p - target) * mg + ce * dmg
+    if alpha >= 0.0:
+        a = alpha * target + (1.0 - alpha) * (1.0 - target)
+        value *= a
+        grad *= a
+    return value, grad
+
+
+sigmoid_focal = register(LossSpec(
+    name="sigmoid_focal",
+    kind="pointwise",
+    kernel=_sigmoid_focal,
+    inputs=(LOGITS, PROB_TARGET),
+    params=(
+        Param("alpha", 0.25, "Weight of positives (negative: no weighting)", Interval(-math.inf, 1.0)),
+        Param("gamma", 2.0, "Focusing exponent", Interval(0.0, math.inf)),
+    ),
+    summary="Sigmoid focal loss: binary cross entropy down-weighted on easy examples.",
+    formula=r"\ell = \alpha_t\,(1 - p_t)^{\gamma}\,\mathrm{BCE}(x, y),\quad p = \sigma(x),\ "
+            r"p_t = p y + (1 - p)(1 - y),\ \alpha_t = \alpha y + (1 - \alpha)(1 - y)",
+    gradient=r"\partial \ell / \partial x = \alpha_t\left[(p - y)(1 - p_t)^{\gamma} + \gamma\,\mathrm{BCE}\,(1 - p_t)^{\gamma - 1} p (1 - p)(1 - 2y)\right]",
+    reference="Lin, T.-Y., Goyal, P., Girshick, R., He, K., Dollár, P. (2017). Focal Loss for Dense Object Detection. ICCV.",
+    equivalents={"torchvision": "torchvision.ops.sigmoid_focal_loss", "optax": "optax.losses.sigmoid_focal_loss"},
+    semantics=("Matches ``torchvision.ops.sigmoid_focal_loss`` (``alpha < 0`` disables the alpha weighting); note that "
+               "fastloss's default reduction is ``mean`` where torchvision's is ``none``."),
+    properties=Properties("binary / multi-label classification", "low (easy examples down-weighted)",
+                          "vanishes on well-classified examples", "dense detection, class imbalance", "medium"),
+    example="""
+    >>> import numpy as np, fastloss as fl
+    >>> round(float(fl.sigmoid_focal(np.array([2.0, -1.0]), np.array([1.0, 0.0]))), 6)
+    0.013388
+    """,
+))
+
+
+def _hinge(pred, target, margin):
+    y = 1.0 if target > 0.0 else -1.0
+    m = margin - y * pred
+    if m > 0.0:
+        return m, -y
+    return 0.0, 0.0
+
+
+def _margin_safe(inputs, params, h):
+    import numpy as np
+
+    y = np.where(np.asarray(inputs[1]) > 0, 1.0, -1.0)
+    return np.abs(params["margin"] - y * np.asarray(inputs[0], dtype=float)) > 4 * h
+
+
+hinge = register(LossSpec(
+    name="hinge",
+    kind="pointwise",
+    kernel=_hinge,
+    inputs=(Input("pred", "Decision scores.", differentiable=True), SIGN_TARGET),
+    params=(Param("margin", 1.0, "Margin", Interval(0.0, math.inf)),),
+    summary="Hinge loss of a binary classifier.",
+    formula=r"\ell = \max(0, m - y x),\quad y \in \{-1, +1\}",
+    gradient=r"\partial \ell / \partial x = -y \text{ if } y x < m \text{ else } 0",
+    reference="Cortes, C., Vapnik, V. (1995). Support-vector networks. Machine Learning 20(3).",
+    equivalents={"optax": "optax.losses.hinge_loss", "scikit-learn": "sklearn.metrics.hinge_loss"},
+    semantics="Labels ``{0, 1}`` are accepted and read as ``{-1, +1}``; other values raise ``ValueError``.",
+    properties=Properties("binary classification", "low (linear)", "constant or zero", "linear SVMs, max-margin", "low"),
+    fd_safe=_margin_safe,
+    example="""
+    >>> import numpy as np, fastloss as fl
+    >>> float(fl.hinge(np.array([0.5, -2.0]), np.array([1, 0])))
+    0.25
+    """,
+))
+
+
+def _squared_hinge(pred, target, margin):
+    y = 1.0 if target > 0.0 else -1.0
+    m = margin - y * pred
+    if m > 0.0:
+        return m * m, -2.0 * y * m
+    return 0.0, 0.0
+
+
+squared_hinge = register(LossSpec(
+    name="squared_hinge",
+    kind="pointwise",
+    kernel=_squared_hinge,
+    inputs=(Input("pred", "Decision scores.", differentiable=True), SIGN_TARGET),
+    params=(Param("margin", 1.0, "Margin", Interval(0.0, math.inf)),),
+    summary="Squared hinge loss of a binary classifier (differentiable at the margin).",
+    formula=r"\ell = \max(0, m - y x)^2,\quad y \in \{-1, +1\}",
+    gradient=r"\partial \ell / \partial x = -2 y \max(0, m - y x)",
+    reference="Lee, C.-P., Lin, C.-J. (2013). A Study on L2-Loss (Squared Hinge-Loss) Multiclass SVM. Neural Computation 25(5).",
+    equivalents={"TensorFlow": "tf.keras.losses.squared_hinge", "scikit-learn": "LinearSVC(loss='squared_hinge')"},
+    semantics="Labels ``{0, 1}`` are accepted and read as ``{-1, +1}``; other values raise ``ValueError``.",
+    properties=Properties("binary classification", "medium (quadratic)", "linear in the margin violation",
+                          "L2-SVMs", "low"),
+    example="""
+    >>> import numpy as np, fastloss as fl
+    >>> float(fl.squared_hinge(np.array([0.5, -2.0]), np.array([1, 0])))
+    0.125
+    """,
+))

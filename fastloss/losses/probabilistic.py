@@ -1,0 +1,107 @@
+"""Negative log-likelihoods of count and Gaussian models."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._registry import register
+from .._spec import Input, Interval, LossSpec, Param, Properties
+
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _poisson_nll(pred, target, log_input, full, eps):
+    if log_input != 0.0:
+        value = math.exp(pred) - target * pred
+        grad = math.exp(pred) - target
+    else:
+        value = pred - target * math.log(pred + eps)
+        grad = 1.0 - target / (pred + eps)
+    if full != 0.0 and target > 1.0:
+        # Stirling approximation of log(target!), as in PyTorch (only where target > 1)
+        value += target * math.log(target) - target + 0.5 * math.log(2.0 * math.pi * target)
+    return value, grad
+
+
+poisson_nll = register(LossSpec(
+    name="poisson_nll",
+    kind="pointwise",
+    kernel=_poisson_nll,
+    inputs=(
+        Input("pred", "Predicted rate (log-rate when ``log_input``).", differentiable=True),
+        Input("target", "Observed counts.", Interval(0.0, math.inf)),
+    ),
+    params=(
+        Param("log_input", True, "Whether ``pred`` is the log of the rate", type=bool),
+        Param("full", False, "Add the Stirling term of log(target!)", type=bool),
+        Param("eps", 1e-8, "Added to the rate before the log when ``log_input`` is False",
+              Interval(0.0, math.inf, (False, False))),
+    ),
+    summary="Poisson negative log-likelihood.",
+    formula=r"\ell = e^{x} - y x \ \ (\text{log input}),\qquad \ell = x - y \log(x + \epsilon)\ \ (\text{rate input})",
+    gradient=r"\partial \ell / \partial x = e^{x} - y \ \ (\text{log input}),\qquad 1 - y / (x + \epsilon)",
+    reference="McCullagh, P., Nelder, J. A. (1989). Generalized Linear Models, 2nd ed. Chapman & Hall.",
+    equivalents={"PyTorch": "torch.nn.functional.poisson_nll_loss", "scikit-learn": "HalfPoissonLoss"},
+    semantics="Matches ``torch.nn.functional.poisson_nll_loss`` including ``full`` (Stirling term where target > 1).",
+    properties=Properties("count regression", "medium", "exponential in the log-rate", "event counts, rates", "medium (exp)"),
+    example="""
+    >>> import numpy as np, fastloss as fl
+    >>> round(float(fl.poisson_nll(np.array([0.0, 1.0]), np.array([1.0, 2.0]))), 6)
+    0.359141
+    """,
+))
+
+
+def _gaussian_nll(pred, target, var, full, eps):
+    v = max(var, eps)
+    d = pred - target
+    inv = 1.0 / v
+    value = 0.5 * (math.log(v) + d * d * inv)
+    if full != 0.0:
+        value += HALF_LOG_2PI
+    return value, d * inv, 0.5 * inv * (1.0 - d * d * inv)
+
+
+def _gaussian_var_shape(arrays):
+    """PyTorch accepts ``var`` without the last dimension (one variance per sample)."""
+    pred, target, var = arrays
+    if var.ndim == pred.ndim - 1 and var.shape == pred.shape[:-1] and pred.ndim > 0:
+        var = var[..., np.newaxis]
+    if var.size and np.nanmin(var) < 0:
+        raise ValueError("gaussian_nll: var has negative entries")
+    return [pred, target, var]
+
+
+gaussian_nll = register(LossSpec(
+    name="gaussian_nll",
+    kind="pointwise",
+    kernel=_gaussian_nll,
+    inputs=(
+        Input("pred", "Predicted means.", differentiable=True),
+        Input("target", "Observations."),
+        Input("var", "Predicted variances (non-negative; clamped below at ``eps``).",
+              Interval(0.0, math.inf, (False, False)), differentiable=True),
+    ),
+    params=(
+        Param("full", False, "Add the constant 0.5 log(2 pi)", type=bool),
+        Param("eps", 1e-6, "Lower clamp of ``var`` for stability", Interval(0.0, math.inf, (False, False))),
+    ),
+    summary="Gaussian negative log-likelihood with predicted variance (gradients for mean and variance).",
+    formula=r"\ell = \tfrac12\left(\log v + \frac{(x - y)^2}{v}\right),\quad v = \max(\sigma^2, \epsilon)",
+    gradient=r"\partial \ell / \partial x = \frac{x - y}{v},\qquad \partial \ell / \partial \sigma^2 = \tfrac12\left(\frac1v - \frac{(x - y)^2}{v^2}\right)",
+    reference="Nix, D. A., Weigend, A. S. (1994). Estimating the mean and variance of the target probability distribution. ICNN.",
+    equivalents={"PyTorch": "torch.nn.functional.gaussian_nll_loss"},
+    semantics=("Matches ``torch.nn.functional.gaussian_nll_loss``: ``var`` may omit the last dimension, negative "
+               "variances raise, and the clamp at ``eps`` passes the gradient through as PyTorch does."),
+    properties=Properties("regression with uncertainty", "medium (down-weighted by variance)",
+                          "scaled by 1/variance", "heteroscedastic regression", "medium (log)"),
+    options={"adapt_inputs": _gaussian_var_shape},
+    example="""
+    >>> import numpy as np, fastloss as fl
+    >>> loss, (g_mean, g_var) = fl.gaussian_nll.value_and_grad(np.array([1.0]), np.array([0.0]), np.array([2.0]))
+    >>> round(float(loss), 6), float(g_mean[0]), float(g_var[0])
+    (0.596574, 0.5, 0.125)
+    """,
+))
