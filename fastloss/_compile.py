@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Callable, Iterable
 
 import numba
+import numpy as np
 
 from . import _config
 
@@ -54,17 +55,69 @@ def njit(func: Callable | None = None, *, cache: bool = True, **options):
 
 
 def source_hash(*funcs: Callable) -> str:
-    """A short stable hash of the source of ``funcs`` (falls back to bytecode)."""
+    """A short stable hash of the source of ``funcs`` (falls back to bytecode) and of what they use.
+
+    Numba freezes the globals and closure variables a function reads into its machine code, and
+    compiles the functions it calls into it. They are therefore part of the identity of a cached
+    driver: the hash covers the source of every function reached that way and the value of every
+    constant, so editing a helper or a module-level constant of a (custom) loss recompiles it.
+    """
     h = hashlib.sha1()
+    seen: set[int] = set()
     for f in funcs:
-        f = getattr(f, "py_func", f)
-        try:
-            h.update(inspect.getsource(f).encode())
-        except (OSError, TypeError):
-            code = f.__code__
-            h.update(code.co_code)
-            h.update(repr(code.co_consts).encode())
+        _hash_function(h, f, seen)
     return h.hexdigest()[:12]
+
+
+def _hash_function(h, f: Callable, seen: set[int]) -> None:
+    f = getattr(f, "py_func", f)
+    if id(f) in seen:
+        return
+    seen.add(id(f))
+    code = f.__code__
+    try:
+        h.update(inspect.getsource(f).encode())
+    except (OSError, TypeError):
+        h.update(code.co_code)
+        h.update(repr([c for c in code.co_consts if not isinstance(c, types.CodeType)]).encode())
+    for name, value in _referenced(f):
+        h.update(name.encode())
+        if hasattr(value, "py_func") or (
+            # plain functions only when they are the loss's own helpers (e.g. register_jitable);
+            # NumPy's Python source is irrelevant to what Numba compiles for it
+            isinstance(value, types.FunctionType) and value.__module__ == f.__module__
+        ):
+            _hash_function(h, value, seen)
+        elif callable(value) and hasattr(value, "__qualname__"):
+            h.update(f"{getattr(value, '__module__', '')}.{value.__qualname__}".encode())
+        elif isinstance(value, types.ModuleType):
+            h.update(value.__name__.encode())
+        elif isinstance(value, (bool, int, float, complex, str, bytes, tuple, type(None))):
+            h.update(repr(value).encode())
+        elif isinstance(value, np.ndarray):
+            h.update(f"{value.dtype}{value.shape}".encode())
+            h.update(np.ascontiguousarray(value).tobytes())
+        else:
+            h.update(type(value).__qualname__.encode())
+
+
+def _referenced(f: Callable):
+    """``(name, value)`` of the globals and closure variables that ``f`` (and its nested code) reads."""
+    names: set[str] = set()
+    stack = [f.__code__]
+    while stack:
+        code = stack.pop()
+        names.update(code.co_names)
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    glb = getattr(f, "__globals__", {})
+    for name in sorted(names):
+        if name in glb:
+            yield name, glb[name]
+    for name, cell in zip(f.__code__.co_freevars, f.__closure__ or ()):
+        try:
+            yield name, cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
 
 
 def specialise(

@@ -56,13 +56,13 @@ class PointwiseKind:
     name = "pointwise"
 
     def __init__(self) -> None:
-        self._drivers: dict[tuple[str, bool], Any] = {}
+        self._drivers: dict[tuple[Any, bool], Any] = {}
 
     def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
         return ()
 
     def driver(self, spec: LossSpec, parallel: bool):
-        key = (spec.name, parallel)
+        key = (spec.kernel, parallel)  # not the name: custom losses may share one (or redefine it)
         drv = self._drivers.get(key)
         if drv is None:
             with _compile_lock:
@@ -156,7 +156,7 @@ class PointwiseKind:
         names = [spec.inputs[k].name for k in diff]
         if out is None:
             return [None] * len(diff)
-        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        outs = list(out) if isinstance(out, tuple) else [out]
         if len(outs) != len(diff):
             raise ValueError(f"{spec.name}: out must hold {len(diff)} gradient buffer(s) ({', '.join(names)})")
         checked = []

@@ -80,6 +80,8 @@ class Param:
     domain: Interval | Discrete | None = None
     #: ``float``, ``bool`` or ``int``; bools and ints are passed to kernels as floats.
     type: type = float
+    #: Values with their own code path (limits, special cases) that tests must cover.
+    special: tuple = ()
 
     def check(self, loss: str, value: Any) -> Any:
         """Validate and normalise ``value``; raise ``TypeError`` / ``ValueError`` naming the loss."""
@@ -146,6 +148,9 @@ class LossSpec:
     fd_safe
         Optional ``fd_safe(inputs: tuple[np.ndarray], params: dict, h: float) -> bool mask``:
         where a finite-difference check of the gradient is meaningful (away from kinks).
+    domains
+        Optional ``domains(params) -> {input name: domain}``: input domains that depend on the
+        parameters (e.g. rates must be positive unless given as logs).
     options
         Kind-specific options (e.g. rowwise: target forms, ``ignore_index`` support).
     """
@@ -166,11 +171,19 @@ class LossSpec:
     prepare: Callable[[dict], tuple] | None = None
     check: Callable[[dict], None] | None = None
     fd_safe: Callable | None = None
+    domains: Callable[[dict], dict] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def differentiable(self) -> tuple[Input, ...]:
         return tuple(i for i in self.inputs if i.differentiable)
+
+    def input_domains(self, params: Mapping[str, Any]) -> dict[str, Interval | Discrete]:
+        """Each input's domain for these parameter values."""
+        doms = {i.name: i.domain for i in self.inputs}
+        if self.domains is not None:
+            doms.update(self.domains(dict(params)))
+        return doms
 
     def kernel_params(self, params: Mapping[str, Any]) -> tuple[float, ...]:
         if self.prepare is not None:

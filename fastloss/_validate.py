@@ -116,5 +116,5 @@ def check_discrete(loss: str, name: str, arr: np.ndarray, allowed: Sequence[floa
         allowed_s = ", ".join(f"{a:g}" for a in allowed)
         raise ValueError(
             f"{loss}: {name} must take values in {{{allowed_s}}}; "
-            f"{name}[{', '.join(map(str, index))}] = {flat[i]!r}"
+            f"{name}[{', '.join(str(int(j)) for j in index)}] = {flat[i].item()!r}"
         )

@@ -18,6 +18,7 @@ Why the loop looks the way it does:
 
 from __future__ import annotations
 
+import numpy as np
 from numba import prange
 
 from .._config import CHUNK
@@ -73,16 +74,24 @@ def pointwise_driver(xs, w, gs, loss_out, params, scale, flags, partials, stats)
         gc = slices(gs, lo, hi) if need_grad else gs
         wc = w[lo:hi] if weighted else w
         lc = loss_out[lo:hi] if per_element else loss_out
-        acc = 0.0
-        for i in range(hi - lo):
+        m = hi - lo
+        # Per-element losses go through a float64 scratch row that is summed in a loop of its
+        # own: that sum then vectorises the same way whether or not the main loop could (an
+        # in-place gradient defeats LLVM's alias check), so value-only, fused and in-place
+        # calls return bit-identical losses.
+        vals = np.empty(m, dtype=np.float64)
+        for i in range(m):
             res = _loss_kernel(*gather(xc, i), *params)
             wi = wc[i] if weighted else 1.0
-            value = res[0] * wi
-            acc += value
+            vals[i] = res[0] * wi
             if need_grad:
                 scatter(gc, i, res, scale * wi)
-            if per_element:
-                lc[i] = value
+        acc = 0.0
+        for i in range(m):
+            acc += vals[i]
+        if per_element:
+            for i in range(m):
+                lc[i] = vals[i]
         partials[c] = acc
         if need_stats:
             # A second sweep over the chunk's gradients while they are still in cache: keeps the

@@ -41,7 +41,7 @@ binary_cross_entropy = register(LossSpec(
     example="""
     >>> import numpy as np, fastloss as fl
     >>> round(float(fl.binary_cross_entropy(np.array([2.0, -1.0]), np.array([1.0, 0.0]))), 6)
-    0.220003
+    0.220095
     """,
 ))
 
@@ -68,8 +68,8 @@ sigmoid_focal = register(LossSpec(
     kernel=_sigmoid_focal,
     inputs=(LOGITS, PROB_TARGET),
     params=(
-        Param("alpha", 0.25, "Weight of positives (negative: no weighting)", Interval(-math.inf, 1.0)),
-        Param("gamma", 2.0, "Focusing exponent", Interval(0.0, math.inf)),
+        Param("alpha", 0.25, "Weight of positives (negative: no weighting)", Interval(-math.inf, 1.0), special=(-1.0,)),
+        Param("gamma", 2.0, "Focusing exponent", Interval(0.0, math.inf), special=(0.0, 0.5)),
     ),
     summary="Sigmoid focal loss: binary cross entropy down-weighted on easy examples.",
     formula=r"\ell = \alpha_t\,(1 - p_t)^{\gamma}\,\mathrm{BCE}(x, y),\quad p = \sigma(x),\ "
@@ -84,7 +84,7 @@ sigmoid_focal = register(LossSpec(
     example="""
     >>> import numpy as np, fastloss as fl
     >>> round(float(fl.sigmoid_focal(np.array([2.0, -1.0]), np.array([1.0, 0.0]))), 6)
-    0.013388
+    0.008722
     """,
 ))
 
@@ -92,9 +92,8 @@ sigmoid_focal = register(LossSpec(
 def _hinge(pred, target, margin):
     y = 1.0 if target > 0.0 else -1.0
     m = margin - y * pred
-    if m > 0.0:
-        return m, -y
-    return 0.0, 0.0
+    active = not (m <= 0.0)  # true for NaN, so that NaN propagates
+    return (m if active else 0.0), ((-y if m == m else m) if active else 0.0)
 
 
 def _margin_safe(inputs, params, h):
@@ -129,9 +128,8 @@ hinge = register(LossSpec(
 def _squared_hinge(pred, target, margin):
     y = 1.0 if target > 0.0 else -1.0
     m = margin - y * pred
-    if m > 0.0:
-        return m * m, -2.0 * y * m
-    return 0.0, 0.0
+    active = not (m <= 0.0)  # true for NaN, so that NaN propagates
+    return (m * m if active else 0.0), (-2.0 * y * m if active else 0.0)
 
 
 squared_hinge = register(LossSpec(

@@ -34,11 +34,12 @@ poisson_nll = register(LossSpec(
         Input("target", "Observed counts.", Interval(0.0, math.inf)),
     ),
     params=(
-        Param("log_input", True, "Whether ``pred`` is the log of the rate", type=bool),
-        Param("full", False, "Add the Stirling term of log(target!)", type=bool),
+        Param("log_input", True, "Whether ``pred`` is the log of the rate", type=bool, special=(False,)),
+        Param("full", False, "Add the Stirling term of log(target!)", type=bool, special=(True,)),
         Param("eps", 1e-8, "Added to the rate before the log when ``log_input`` is False",
               Interval(0.0, math.inf, (False, False))),
     ),
+    domains=lambda params: {} if params["log_input"] else {"pred": Interval(0.0, math.inf, (False, False))},
     summary="Poisson negative log-likelihood.",
     formula=r"\ell = e^{x} - y x \ \ (\text{log input}),\qquad \ell = x - y \log(x + \epsilon)\ \ (\text{rate input})",
     gradient=r"\partial \ell / \partial x = e^{x} - y \ \ (\text{log input}),\qquad 1 - y / (x + \epsilon)",
@@ -49,7 +50,7 @@ poisson_nll = register(LossSpec(
     example="""
     >>> import numpy as np, fastloss as fl
     >>> round(float(fl.poisson_nll(np.array([0.0, 1.0]), np.array([1.0, 2.0]))), 6)
-    0.359141
+    0.859141
     """,
 ))
 
@@ -85,7 +86,7 @@ gaussian_nll = register(LossSpec(
               Interval(0.0, math.inf, (False, False)), differentiable=True),
     ),
     params=(
-        Param("full", False, "Add the constant 0.5 log(2 pi)", type=bool),
+        Param("full", False, "Add the constant 0.5 log(2 pi)", type=bool, special=(True,)),
         Param("eps", 1e-6, "Lower clamp of ``var`` for stability", Interval(0.0, math.inf, (False, False))),
     ),
     summary="Gaussian negative log-likelihood with predicted variance (gradients for mean and variance).",
@@ -98,6 +99,8 @@ gaussian_nll = register(LossSpec(
     properties=Properties("regression with uncertainty", "medium (down-weighted by variance)",
                           "scaled by 1/variance", "heteroscedastic regression", "medium (log)"),
     options={"adapt_inputs": _gaussian_var_shape},
+    # below eps the clamp makes the loss flat in var while PyTorch (and we) pass the gradient through
+    fd_safe=lambda inputs, params, h: np.asarray(inputs[2]) > params["eps"] + 4 * h,
     example="""
     >>> import numpy as np, fastloss as fl
     >>> loss, (g_mean, g_var) = fl.gaussian_nll.value_and_grad(np.array([1.0]), np.array([0.0]), np.array([2.0]))
