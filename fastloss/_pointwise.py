@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
@@ -43,11 +44,46 @@ def flat_contiguous(arr: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) ->
 
 
 def scale_for(reduction: str, n: int, wsum: float | None) -> float:
+    """Gradient scale of the reduction; a zero weight sum gives inf (and so nan/inf results, like NumPy)."""
     if reduction != "mean":
         return 1.0
     denom = float(n) if wsum is None else wsum
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(np.float64(1.0) / np.float64(denom))
+    return 1.0 / denom if denom != 0.0 else math.inf
+
+
+_EMPTY = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
+_NO_STATS = _stats.empty_partials(0)
+
+
+def _empty(dtype: np.dtype) -> np.ndarray:
+    """A shared zero-size array (never written) standing for an unused buffer."""
+    return _EMPTY[dtype]
+
+
+class _Layout:
+    """What the kind needs to know about a spec's inputs, computed once per loss."""
+
+    def __init__(self, spec: LossSpec) -> None:
+        self.spec = spec
+        self.names = [i.name for i in spec.inputs]
+        self.diff = [k for k, i in enumerate(spec.inputs) if i.differentiable]
+        self.discrete = [(k, i.domain.values) for k, i in enumerate(spec.inputs) if isinstance(i.domain, Discrete)]
+        self.adapt = spec.options.get("adapt_inputs")
+        self.plain = self.adapt is None and not self.discrete
+
+    def ready_inputs(self, inputs) -> tuple[np.ndarray, ...] | None:
+        """Flat views of ``inputs`` if they need no conversion, broadcasting or validation, else None."""
+        if not self.plain:
+            return None
+        first = inputs[0]
+        if type(first) is not np.ndarray or first.dtype not in _EMPTY or not first.flags.c_contiguous:
+            return None
+        for x in inputs:
+            if type(x) is not np.ndarray or x.shape != first.shape or x.dtype != first.dtype:
+                return None
+            if not x.flags.c_contiguous:
+                return None
+        return tuple([x.reshape(-1) for x in inputs])
 
 
 class PointwiseKind:
@@ -57,6 +93,7 @@ class PointwiseKind:
 
     def __init__(self) -> None:
         self._drivers: dict[tuple[Any, bool], Any] = {}
+        self._layouts: dict[int, _Layout] = {}
 
     def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
         return ()
@@ -79,22 +116,32 @@ class PointwiseKind:
                     self._drivers[key] = drv
         return drv
 
+    def _layout(self, spec: LossSpec) -> _Layout:
+        layout = self._layouts.get(id(spec))  # the layout holds the spec, so its id is not reused
+        if layout is None:
+            layout = self._layouts[id(spec)] = _Layout(spec)
+        return layout
+
     def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False):
         name = spec.name
-        arrays = [as_array(name, inp.name, x) for inp, x in zip(spec.inputs, inputs)]
-        dtype = compute_dtype(arrays[0])
-        originals = arrays
-        adapt = spec.options.get("adapt_inputs")
-        if adapt is not None:
-            arrays = adapt(arrays)
-        shape = broadcast_shape(name, [i.name for i in spec.inputs], arrays)
-        for inp, arr in zip(spec.inputs, arrays):
-            if isinstance(inp.domain, Discrete):
-                check_discrete(name, inp.name, arr, inp.domain.values)
-        diff = [k for k, inp in enumerate(spec.inputs) if inp.differentiable]
+        layout = self._layout(spec)
+        diff = layout.diff
+        xs = layout.ready_inputs(inputs)
+        if xs is not None:  # the common case, checked cheaply: matters for small arrays
+            arrays = originals = inputs
+            dtype = inputs[0].dtype
+            shape = inputs[0].shape
+        else:
+            arrays = [as_array(name, n, x) for n, x in zip(layout.names, inputs)]
+            dtype = compute_dtype(arrays[0])
+            originals = arrays
+            if layout.adapt is not None:
+                arrays = layout.adapt(arrays)
+            shape = broadcast_shape(name, layout.names, arrays)
+            for k, values in layout.discrete:
+                check_discrete(name, layout.names[k], arrays[k], values)
+            xs = tuple([flat_contiguous(a, shape, dtype) for a in arrays])
         outs = self._check_outs(spec, out, originals, diff, weight) if need_grad else None
-
-        xs = tuple(flat_contiguous(a, shape, dtype) for a in arrays)
         n = xs[0].size
         wsum = None
         if weight is not None:
@@ -104,33 +151,32 @@ class PointwiseKind:
             if reduction == "mean":
                 wsum = float(np.sum(w, dtype=np.float64))
         else:
-            w = np.empty(0, dtype)
+            w = _empty(dtype)
         scale = scale_for(reduction, n, wsum)
 
         if need_grad:
-            gs = tuple(self._grad_buffer(outs[j], shape, dtype) for j in range(len(diff)))
+            gs = tuple([self._grad_buffer(o, shape, dtype) for o in outs])
         else:
-            gs = tuple(np.empty(0, dtype) for _ in diff)
+            gs = (_empty(dtype),) * len(diff)
         per_element = need_value and reduction == "none"
-        loss_out = np.empty(n, dtype) if per_element else np.empty(0, dtype)
+        loss_out = np.empty(n, dtype) if per_element else _empty(dtype)
         flags = (
             (pointwise_cpu.NEED_GRAD if need_grad else 0)
             | (pointwise_cpu.PER_ELEMENT if per_element else 0)
             | (pointwise_cpu.NEED_STATS if stats else 0)
         )
-        stat_rows = _stats.empty_partials(pointwise_cpu.nchunks(n) if stats else 0)
+        stat_rows = _stats.empty_partials(pointwise_cpu.nchunks(n)) if stats else _NO_STATS
 
         total = 0.0
         if n:
             parallel = n >= _config.PARALLEL_THRESHOLD
             drv = self.driver(spec, parallel)
-            partials = np.empty(pointwise_cpu.nchunks(n), dtype=np.float64)
             kparams = spec.kernel_params(params)
             if parallel:
                 with _threading.guard():
-                    total = drv(xs, w, gs, loss_out, kparams, scale, flags, partials, stat_rows)
+                    total = drv(xs, w, gs, loss_out, kparams, scale, flags, stat_rows)
             else:
-                total = drv(xs, w, gs, loss_out, kparams, scale, flags, partials, stat_rows)
+                total = drv(xs, w, gs, loss_out, kparams, scale, flags, stat_rows)
 
         value = None
         if need_value:
@@ -153,9 +199,9 @@ class PointwiseKind:
 
     @staticmethod
     def _check_outs(spec, out, arrays, diff, weight):
-        names = [spec.inputs[k].name for k in diff]
         if out is None:
             return [None] * len(diff)
+        names = [spec.inputs[k].name for k in diff]
         outs = list(out) if isinstance(out, tuple) else [out]
         if len(outs) != len(diff):
             raise ValueError(f"{spec.name}: out must hold {len(diff)} gradient buffer(s) ({', '.join(names)})")
@@ -178,18 +224,21 @@ class PointwiseKind:
         """Write straight into ``out`` when it is already the flat buffer the driver needs."""
         if out is not None and out.shape == shape and out.dtype == dtype and out.flags.c_contiguous:
             return out.reshape(-1)
-        return np.empty(int(np.prod(shape)), dtype)
+        return np.empty(math.prod(shape), dtype)
 
     @staticmethod
     def _finish_grad(g: np.ndarray, x: np.ndarray, x_shape, out, shape) -> np.ndarray:
-        gdtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
         if out is not None and np.may_share_memory(g, out):
-            return out
-        full = sum_to_shape(g.reshape(shape), x.shape).reshape(x_shape)
+            return out  # the driver wrote straight into ``out``
+        full = g.reshape(shape)
+        if x.shape != shape:
+            full = sum_to_shape(full, x.shape)
+        full = full.reshape(x_shape)
         if out is not None:
             out[...] = full
             return out
-        return full.astype(gdtype, copy=False)
+        gdtype = x.dtype if x.dtype.kind == "f" else full.dtype
+        return full if full.dtype == gdtype else full.astype(gdtype)
 
 
 POINTWISE = register_kind(PointwiseKind())

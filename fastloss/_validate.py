@@ -26,11 +26,14 @@ def as_array(loss: str, name: str, x) -> np.ndarray:
     return arr
 
 
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+_COMPUTE = {"f": _F32, "e": _F32}
+
+
 def compute_dtype(arr: np.ndarray) -> np.dtype:
     """float32 / float64 natively, float16 via float32, integers and bools via float64."""
-    if arr.dtype == np.float32 or arr.dtype == np.float16:
-        return np.dtype(np.float32)
-    return np.dtype(np.float64)
+    return _COMPUTE.get(arr.dtype.char, _F64)
 
 
 def check_reduction(loss: str, reduction) -> str:
@@ -40,6 +43,9 @@ def check_reduction(loss: str, reduction) -> str:
 
 
 def broadcast_shape(loss: str, names: Sequence[str], arrays: Sequence[np.ndarray]) -> tuple[int, ...]:
+    first = arrays[0].shape
+    if all(a.shape == first for a in arrays):
+        return first
     try:
         return np.broadcast_shapes(*(a.shape for a in arrays))
     except ValueError:

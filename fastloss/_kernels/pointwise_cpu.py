@@ -34,7 +34,7 @@ def _loss_kernel(*args):  # placeholder, rebound per loss by ``specialise``
     raise NotImplementedError
 
 
-def pointwise_driver(xs, w, gs, loss_out, params, scale, flags, partials, stats):
+def pointwise_driver(xs, w, gs, loss_out, params, scale, flags, stats):
     """Fused loss/gradient over flat, contiguous arrays.
 
     Parameters
@@ -51,8 +51,6 @@ def pointwise_driver(xs, w, gs, loss_out, params, scale, flags, partials, stats)
         Loss hyper-parameters, passed after the inputs to the scalar kernel.
     scale : float
         Factor applied to every gradient (``1/n``, ``1/sum(w)`` or ``1``).
-    partials : float64 array of ``ceil(n / CHUNK)``
-        Scratch space for per-chunk sums.
     stats : float64 array of shape ``(ceil(n / CHUNK), 3)``
         Per-chunk gradient statistics (see :mod:`fastloss._stats`), when ``flags & NEED_STATS``.
 
@@ -67,6 +65,7 @@ def pointwise_driver(xs, w, gs, loss_out, params, scale, flags, partials, stats)
     need_grad = (flags & NEED_GRAD) != 0
     per_element = (flags & PER_ELEMENT) != 0
     need_stats = (flags & NEED_STATS) != 0
+    partials = np.empty(nchunks, dtype=np.float64)
     for c in prange(nchunks):
         lo = c * CHUNK
         hi = min(lo + CHUNK, n)
