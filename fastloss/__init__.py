@@ -16,34 +16,82 @@ from . import _threading
 
 _threading.configure()  # must precede the first parallel kernel
 
-from . import _pointwise  # noqa: E402,F401  (registers the pointwise kind)
+from . import _pointwise, _rowreduce, _rowwise, _similarity  # noqa: E402,F401  (register the kinds)
 from ._api import Loss  # noqa: E402
+from ._combine import Combined, CombinedResult, combine  # noqa: E402
+from ._cuda import cuda_available  # noqa: E402
+from ._gradcheck import GradCheck, check_grad  # noqa: E402
 from ._registry import REGISTRY, get, names  # noqa: E402
+from ._stats import GradStats  # noqa: E402
 from ._threading import threading_layer  # noqa: E402
+from .custom import CustomLoss, pointwise, rowwise  # noqa: E402
+from .linear_ce import LinearCrossEntropy, linear_cross_entropy  # noqa: E402
 from .losses import *  # noqa: E402,F403
 from .losses.classification import binary_cross_entropy, hinge, sigmoid_focal, squared_hinge  # noqa: E402
+from .losses.embedding import contrastive, cosine_embedding, info_nce, triplet_margin  # noqa: E402
+from .losses.multiclass import (  # noqa: E402
+    cross_entropy,
+    generalized_cross_entropy,
+    kl_divergence,
+    multiclass_hinge,
+    poly1_cross_entropy,
+    softmax_focal,
+)
+from .losses.overlap import dice, giou, jaccard, tversky  # noqa: E402
 from .losses.probabilistic import gaussian_nll, poisson_nll  # noqa: E402
+from .losses.ranking import bpr, margin_ranking  # noqa: E402
 from .losses.regression import huber, log_cosh, mae, mse, quantile, robust, smooth_l1  # noqa: E402
+from .losses.regularization import l1, l2  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "REGISTRY",
+    "Combined",
+    "CombinedResult",
+    "CustomLoss",
+    "GradCheck",
+    "GradStats",
+    "LinearCrossEntropy",
     "Loss",
     "binary_cross_entropy",
+    "bpr",
+    "check_grad",
+    "combine",
+    "contrastive",
+    "cosine_embedding",
+    "cross_entropy",
+    "cuda_available",
+    "dice",
     "gaussian_nll",
+    "generalized_cross_entropy",
     "get",
+    "giou",
     "hinge",
     "huber",
+    "info_nce",
+    "jaccard",
+    "kl_divergence",
+    "l1",
+    "l2",
+    "linear_cross_entropy",
     "log_cosh",
     "mae",
+    "margin_ranking",
     "mse",
+    "multiclass_hinge",
     "names",
+    "pointwise",
     "poisson_nll",
+    "poly1_cross_entropy",
     "quantile",
     "robust",
+    "rowwise",
     "sigmoid_focal",
     "smooth_l1",
+    "softmax_focal",
     "squared_hinge",
     "threading_layer",
+    "triplet_margin",
+    "tversky",
 ]

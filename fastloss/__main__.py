@@ -10,12 +10,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastloss", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("version", help="print the version and the threading layer")
+    from .bench.cli import add_arguments as add_bench_arguments  # light: imports nothing heavy
+
+    add_bench_arguments(sub.add_parser("bench", help="benchmark the losses against naive NumPy and peers"))
+    from . import _cli_score
+
+    _cli_score.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "version":
         import fastloss
 
         print(f"fastloss {fastloss.__version__} (threading layer: {fastloss.threading_layer()})")
         return 0
+    if args.command == "bench":
+        from .bench.cli import run_from_args
+
+        return run_from_args(args)
+    if args.command == "score":
+        return _cli_score.run(args)
     return 2
 
 

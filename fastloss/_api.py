@@ -12,7 +12,7 @@ import inspect
 from typing import Any
 
 from ._docs import render_docstring
-from ._kinds import KINDS
+from ._kinds import KINDS, select_kind
 from ._spec import LossSpec, Param
 from ._validate import check_reduction
 
@@ -39,8 +39,9 @@ class Loss:
     # -- calls -------------------------------------------------------------------------------
 
     def __call__(self, *args, **kwargs):
+        """The loss: reduced to a NumPy scalar, or per element for ``reduction="none"``."""
         inputs, params, weight, reduction, _, _ = self._bind(args, kwargs, with_out=False)
-        result = self._kind.run(
+        result = select_kind(self._kind, self.spec, inputs, weight, None).run(
             self.spec, inputs, params, weight, reduction, need_value=True, need_grad=False, out=None
         )
         return result[0]
@@ -50,7 +51,7 @@ class Loss:
 
         def method(*args, **kwargs):
             inputs, params, weight, reduction, out, stats = self._bind(args, kwargs, with_out=with_out)
-            result = self._kind.run(
+            result = select_kind(self._kind, self.spec, inputs, weight, out).run(
                 self.spec, inputs, params, weight, reduction,
                 need_value=need_value, need_grad=True, out=out, stats=bool(stats),
             )

@@ -48,7 +48,9 @@ def render_docstring(spec: LossSpec, params: Sequence[Param], method: str) -> st
         opt = ", optional" if inp.optional else ""
         parts += [f"{inp.name} : array_like{opt}", f"    {inp.doc} Domain: {inp.domain}."]
     parts += [_param_block(p) for p in params]
-    parts += [_WEIGHT_DOC, _REDUCTION_DOC]
+    # kinds may describe weights and reductions their own way (rowwise: per-class weights)
+    parts += [d for d in (spec.options.get("weight_doc", _WEIGHT_DOC),
+                          spec.options.get("reduction_doc", _REDUCTION_DOC)) if d]
     if method != "value":
         parts.append(_OUT_DOC)
     parts += ["", "Returns", "-------"]

@@ -23,6 +23,7 @@ class Interval:
     closed: tuple[bool, bool] = (True, True)
 
     def contains(self, x: float) -> bool:
+        """Whether ``x`` lies in the interval."""
         lo_ok = x >= self.low if self.closed[0] else x > self.low
         hi_ok = x <= self.high if self.closed[1] else x < self.high
         return bool(lo_ok and hi_ok)
@@ -40,6 +41,7 @@ class Discrete:
     values: tuple[float, ...]
 
     def contains(self, x: float) -> bool:
+        """Whether ``x`` is one of the values."""
         return x in self.values
 
     def __str__(self) -> str:
@@ -82,9 +84,14 @@ class Param:
     type: type = float
     #: Values with their own code path (limits, special cases) that tests must cover.
     special: tuple = ()
+    #: Whether ``None`` is accepted (meaning "off"); it reaches kernels as ``0.0``, so a kernel must
+    #: read 0 as "off" (keep 0 outside ``domain`` when it would mean something else).
+    optional: bool = False
 
     def check(self, loss: str, value: Any) -> Any:
         """Validate and normalise ``value``; raise ``TypeError`` / ``ValueError`` naming the loss."""
+        if value is None and self.optional:
+            return None
         if self.type is bool:
             if not isinstance(value, (bool, int)) or value not in (0, 1):
                 raise TypeError(f"{loss}: {self.name} must be a bool, got {value!r}")
@@ -188,4 +195,4 @@ class LossSpec:
     def kernel_params(self, params: Mapping[str, Any]) -> tuple[float, ...]:
         if self.prepare is not None:
             return tuple(float(v) for v in self.prepare(dict(params)))
-        return tuple(float(params[p.name]) for p in self.params)
+        return tuple(0.0 if params[p.name] is None else float(params[p.name]) for p in self.params)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cases import POINTWISE, param_variants, pointwise_inputs
 from hypothesis import given
 from hypothesis import strategies as st
 
 import fastloss as fl
-from cases import POINTWISE, param_variants, pointwise_inputs
 
 H = 1e-4
 

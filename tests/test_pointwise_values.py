@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import fastloss as fl
 from cases import POINTWISE, defaults, param_variants, pointwise_inputs
 from reference import REFERENCES
+
+import fastloss as fl
 
 
 def reduced_reference(name, inputs, params, reduction, weight=None):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cases import POINTWISE, pointwise_inputs
 
 import fastloss as fl
-from cases import POINTWISE, pointwise_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,8 @@ def test_eight_python_threads_at_once_give_the_serial_answers():
     for j, (_, _, (want_v, want_g)) in enumerate(jobs):
         got_v, got_g = results[j]
         assert got_v == want_v
-        for a, b in zip(got_g if isinstance(got_g, tuple) else (got_g,), want_g if isinstance(want_g, tuple) else (want_g,)):
+        as_tuple = lambda g: g if isinstance(g, tuple) else (g,)
+        for a, b in zip(as_tuple(got_g), as_tuple(want_g)):
             np.testing.assert_array_equal(a, b)
 
 

@@ -2,4 +2,13 @@
 
 from __future__ import annotations
 
-from . import classification, probabilistic, regression  # noqa: F401  (registration order = catalogue order)
+from . import (  # noqa: F401  (registration order = catalogue order)
+    classification,
+    embedding,
+    multiclass,
+    overlap,
+    probabilistic,
+    ranking,
+    regression,
+    regularization,
+)

@@ -1,23 +1,12 @@
-"""Scalar building blocks shared by loss kernels (``math`` only, compiled into every driver)."""
+"""Scalar building blocks shared by loss kernels (compiled into every driver).
+
+The elementary functions (``exp``, ``log1p``, ``sigmoid``, ``softplus``, ...) live in
+:mod:`fastloss._kernels.mathfn`, written so that the driver loops calling them vectorise.
+"""
 
 from __future__ import annotations
 
-import math
-
 from .._compile import njit
-
-
-@njit(cache=False, error_model="numpy")
-def softplus(x):
-    """``log(1 + exp(x))`` without overflow."""
-    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
-
-
-@njit(cache=False, error_model="numpy")
-def sigmoid(x):
-    """Logistic sigmoid without overflow."""
-    e = math.exp(-abs(x))
-    return 1.0 / (1.0 + e) if x >= 0.0 else e / (1.0 + e)
 
 
 @njit(cache=False, error_model="numpy")

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from .._kernels.mathfn import exp, log
 from .._registry import register
 from .._spec import Input, Interval, LossSpec, Param, Properties
 
@@ -13,15 +14,20 @@ HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def _poisson_nll(pred, target, log_input, full, eps):
+    # no early returns: the vectorised driver loop computes every arm and selects (LLVM does not
+    # unswitch a loop this large on the parameters), so each arm is kept to one exp or log
     if log_input != 0.0:
-        value = math.exp(pred) - target * pred
-        grad = math.exp(pred) - target
+        e = exp(pred)
+        value = e - target * pred
+        grad = e - target
     else:
-        value = pred - target * math.log(pred + eps)
+        value = pred - target * log(pred + eps)
         grad = 1.0 - target / (pred + eps)
-    if full != 0.0 and target > 1.0:
+    if full != 0.0:
         # Stirling approximation of log(target!), as in PyTorch (only where target > 1)
-        value += target * math.log(target) - target + 0.5 * math.log(2.0 * math.pi * target)
+        lt = log(target)  # one log: log(2 pi target) = log(2 pi) + log(target)
+        stirling = target * lt - target + (HALF_LOG_2PI + 0.5 * lt)
+        value += stirling if target > 1.0 else 0.0
     return value, grad
 
 
@@ -59,7 +65,7 @@ def _gaussian_nll(pred, target, var, full, eps):
     v = max(var, eps)
     d = pred - target
     inv = 1.0 / v
-    value = 0.5 * (math.log(v) + d * d * inv)
+    value = 0.5 * (log(v) + d * d * inv)
     if full != 0.0:
         value += HALF_LOG_2PI
     return value, d * inv, 0.5 * inv * (1.0 - d * d * inv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from .._kernels.mathfn import exp, expm1, log1p, softplus, tanh
 from .._registry import register
 from .._spec import Input, Interval, LossSpec, Param, Properties
 from ._common import sign
@@ -85,13 +86,12 @@ mae = register(LossSpec(
 
 
 def _huber(pred, target, delta):
-    # selects rather than early returns, so that LLVM can vectorise the driver loop
+    # branch-free: g = clip(d, -delta, delta) is the gradient (NaN stays NaN), and g (d - g/2) is
+    # 0.5 d^2 inside and delta (|d| - delta/2) outside, bit for bit; two selects in all
     d = pred - target
-    a = abs(d)
-    inside = a < delta
-    value = 0.5 * d * d if inside else delta * (a - 0.5 * delta)
-    grad = d if inside else delta * sign(d)
-    return value, grad
+    g = -delta if d < -delta else d
+    g = delta if g > delta else g
+    return g * (d - 0.5 * g), g
 
 
 huber = register(LossSpec(
@@ -152,8 +152,9 @@ smooth_l1 = register(LossSpec(
 def _log_cosh(pred, target):
     d = pred - target
     a = abs(d)
-    # log(cosh d) = |d| + log1p(exp(-2|d|)) - log 2: no overflow for large |d|
-    return a + math.log1p(math.exp(-2.0 * a)) - LN2, math.tanh(d)
+    # log(cosh d) = |d| + log1p(exp(-2|d|)) - log 2: no overflow for large |d|; softplus(-2|d|) is
+    # that log1p(exp(-2|d|)), and shares its exp(-2|d|) with tanh
+    return a + softplus(-2.0 * a) - LN2, tanh(d)
 
 
 log_cosh = register(LossSpec(
@@ -209,17 +210,23 @@ def _robust(pred, target, alpha, scale):
     x = pred - target
     inv_c2 = 1.0 / (scale * scale)
     z = x * x * inv_c2
-    if alpha == 2.0:
-        return 0.5 * z, x * inv_c2
-    if alpha == 0.0:
-        return math.log1p(0.5 * z), x * inv_c2 / (0.5 * z + 1.0)
-    if math.isinf(alpha):
-        e = math.exp(-0.5 * z)
-        return -math.expm1(-0.5 * z), x * inv_c2 * e
+    dz = x * inv_c2
+    # The cases (alpha = 2: L2, 0: Cauchy, -inf: Welsch, otherwise the general form) as selects
+    # over shared calls, each with the same argument as in its own case: no early returns (the
+    # driver loop vectorises) and one log1p, exp and expm1 per element instead of one per case.
+    welsch = math.isinf(alpha)
     b = abs(alpha - 2.0)
-    t = math.log1p(z / b)
-    # expm1 keeps the value accurate for alpha near 0, where the plain formula cancels
-    return b / alpha * math.expm1(0.5 * alpha * t), x * inv_c2 * math.exp((0.5 * alpha - 1.0) * t)
+    t = log1p(z / b)  # for alpha = 0, b = 2 and this is Cauchy's log1p(z / 2)
+    e = exp(-0.5 * z if welsch else (0.5 * alpha - 1.0) * t)
+    m = expm1(-0.5 * z if welsch else 0.5 * alpha * t)
+    # expm1 keeps the general value accurate for alpha near 0, where the plain formula cancels
+    value = -m if welsch else b / alpha * m
+    grad = dz * e
+    value = t if alpha == 0.0 else value
+    grad = dz / (0.5 * z + 1.0) if alpha == 0.0 else grad
+    value = 0.5 * z if alpha == 2.0 else value
+    grad = dz if alpha == 2.0 else grad
+    return value, grad
 
 
 robust = register(LossSpec(

@@ -1,0 +1,30 @@
+"""Tunables of the CUDA backend, read when a call launches its kernels.
+
+``THREADS`` and ``MAX_BLOCKS`` fix the order in which a reduction adds its terms (each thread sums
+a grid-stride slice, blocks reduce in a fixed tree, block partials are summed by one block in
+index order), so a loss depends on the input size and these two numbers only: not on the GPU
+model, the run, or the stream. Changing them changes the last bits of a reduced loss.
+"""
+
+from __future__ import annotations
+
+#: Threads per block (a power of two, at least 32). The block reductions use shared memory of
+#: ``THREADS`` float64 values.
+THREADS = 256
+
+#: Upper bound on the blocks of a grid-stride kernel. Beyond ``MAX_BLOCKS * THREADS`` elements each
+#: thread handles several, and the per-block partials stay few enough for one block to sum them.
+MAX_BLOCKS = 4096
+
+#: Threads per block of the row-wise kernels (one block per row; a power of two, at least 32).
+ROW_THREADS = 256
+
+#: Resident threads per SM the row kernels are compiled for (a register budget: 65536 / this
+#: = 64 registers per thread; ptxas spills the rest of the cold per-row code to local memory).
+ROW_SM_THREADS = 1024
+
+#: Check class labels (and other discrete inputs) on the device and raise ``ValueError`` on the
+#: host, as on the CPU. This reads one number back from the device, i.e. it waits for the kernels
+#: queued before it. With ``False`` nothing waits: row kernels still never index with an invalid
+#: label (its row gets a NaN loss and a NaN gradient), and pointwise discrete inputs are used as given.
+CHECK_LABELS = True

@@ -1,0 +1,406 @@
+"""The pointwise kind on CUDA arrays: one fused value-and-gradient kernel per loss, from its declaration.
+
+The loss's scalar ``kernel(*inputs, *params) -> (value, *grads)`` (``math`` only) is compiled
+with ``cuda.jit(device=True)`` and called from a grid-stride kernel generated for the loss's
+arity (:data:`_TEMPLATE`): each thread reads its elements, writes the gradients already scaled
+for the reduction (``1/n``, ``w_i / sum(w)`` or ``w_i``) and sums ``w_i * loss_i`` in float64;
+blocks reduce in shared memory into one partial each and a one-block kernel adds the partials in
+order (:mod:`fastloss._cuda.kernels`), so the loss is deterministic and never synchronises with
+the host. Kernels are memoised per (loss kernel, compute type, block size); Numba specialises
+them per storage dtypes and loads them per device.
+
+Inputs are read in their storage dtype and converted in registers: float16 and float32 to
+float32, everything else to float64. Inputs of the full shape that are C-contiguous are read in
+place; a one-element input is read through a zero stride; other broadcast or strided inputs are
+first gathered into a contiguous buffer (one extra pass).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+from numba import cuda, float32, float64
+
+from .. import _kinds, _stats
+from .._spec import Discrete, LossSpec, Param
+from .._validate import broadcast_shape, check_weight_shape, compute_dtype
+from . import config, device, kernels
+from .device import U, ushape
+from .kernels import SCALE_BY_WSUM
+
+#: ``flags`` bits of the fused kernel (SCALE_BY_WSUM = 1 comes from the shared kernels).
+NEED_GRAD = 2
+PER_ELEMENT = 4
+
+_F64 = np.dtype(np.float64)
+
+_TEMPLATE = '''
+def pointwise(n, {inputs}, w, bw, {grads}, loss_out, {params}scale, wsum, flags, partials):
+    """Value and gradients of elements i < n in one pass; x_k[i * b_k] (b_k = 0 broadcasts one value)."""
+    s = scale
+    if flags & SCALE_BY_WSUM:  # weighted mean: the weight sum was reduced on the device
+        ws = wsum[0]
+        s = 1.0 / ws if ws != 0.0 else math.inf
+    weighted = w.size > 0
+    need_grad = (flags & NEED_GRAD) != 0
+    per_element = (flags & PER_ELEMENT) != 0
+    acc = 0.0
+    i = grid_start()
+    step = grid_step()
+    while i < n:
+        res = _loss_kernel({args})
+        wi = float64(w[i * bw]) if weighted else 1.0
+        v = float64(res[0]) * wi
+        acc += v
+        if need_grad:
+            sw = s * wi
+{scatter}
+        if per_element:
+            loss_out[i] = v
+        i += step
+    total = block_sum(acc)
+    if cuda.threadIdx.x == 0:
+        partials[cuda.blockIdx.x] = total
+'''
+
+
+def kernel_source(n_inputs: int, n_grads: int, n_params: int, real: str) -> str:
+    """The fused kernel's source for a loss of this arity, computing in ``real`` (``float32``/``float64``)."""
+    return _TEMPLATE.format(
+        inputs=", ".join(f"x{k}, b{k}" for k in range(n_inputs)),
+        grads=", ".join(f"g{j}" for j in range(n_grads)),
+        params="".join(f"p{j}, " for j in range(n_params)),
+        args=", ".join([f"{real}(x{k}[i * b{k}])" for k in range(n_inputs)] + [f"p{j}" for j in range(n_params)]),
+        scatter="\n".join(f"            g{j}[i] = res[{j + 1}] * sw" for j in range(n_grads)),
+    )
+
+
+class _Layout:
+    def __init__(self, spec: LossSpec) -> None:
+        self.names = [i.name for i in spec.inputs]
+        self.diff = [k for k, i in enumerate(spec.inputs) if i.differentiable]
+        self.discrete = [(k, i.domain.values) for k, i in enumerate(spec.inputs) if isinstance(i.domain, Discrete)]
+        self.adapt = spec.options.get("adapt_inputs")
+
+
+class CudaPointwise:
+    """The pointwise kind for CUDA arrays (same contract as :class:`fastloss._pointwise.PointwiseKind`)."""
+
+    name = "pointwise"
+
+    def __init__(self) -> None:
+        self._kernels: dict[tuple, object] = {}
+        self._layouts: dict[int, _Layout] = {}
+        self._lock = threading.Lock()
+
+    def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
+        return ()
+
+    def kernel(self, spec: LossSpec, real: str, n_params: int):
+        """The fused kernel of ``spec`` computing in ``real``, compiled lazily and memoised."""
+        tk = kernels.shared()
+        key = (spec.kernel, real, n_params, tk.threads)
+        kern = self._kernels.get(key)
+        if kern is None:
+            with self._lock:
+                kern = self._kernels.get(key)
+                if kern is None:
+                    kern = self._kernels[key] = cuda.jit(self.python_kernel(spec, real, n_params, tk))
+        return kern
+
+    def python_kernel(self, spec: LossSpec, real: str, n_params: int, tk):
+        """The fused kernel of ``spec`` as a Python function over ``tk``'s globals (to jit, or for PTX)."""
+        layout = self._layout(spec)
+        source = kernel_source(len(layout.names), len(layout.diff), n_params, real)
+        scalar = getattr(spec.kernel, "py_func", spec.kernel)
+        extra = {
+            "_loss_kernel": cuda.jit(device=True)(scalar),
+            "float32": float32,
+            "float64": float64,
+            "NEED_GRAD": NEED_GRAD,
+            "PER_ELEMENT": PER_ELEMENT,
+            "SCALE_BY_WSUM": SCALE_BY_WSUM,
+        }
+        return tk.define(source, "pointwise", f"<fastloss cuda pointwise {spec.name} {real}>", extra=extra)
+
+    def ptx(self, loss, dtype: np.dtype, cc: tuple[int, int], threads: int, labels=None) -> dict[str, str]:
+        """PTX of the fused kernel of ``loss`` for inputs of ``dtype`` (see :mod:`fastloss._cuda.ptx`)."""
+        from numba.cuda import types
+        from numba.cuda.np.numpy_support import from_dtype
+
+        spec = loss.spec
+        layout = self._layout(spec)
+        real = compute_dtype(np.empty(0, dtype))
+        n_params = len(spec.kernel_params({p.name: p.default for p in spec.params}))
+        fn = self.python_kernel(spec, real.name, n_params, kernels.Toolkit(threads))
+
+        def arr(dt):
+            return types.Array(from_dtype(np.dtype(dt)), 1, "C")
+
+        i64, u64, f64 = types.int64, types.uint64, types.float64
+        sig = [u64]
+        for _ in layout.names:
+            sig += [arr(dtype), u64]
+        sig += [arr(real), u64, *(arr(_grad_dtype(np.empty(0, dtype))) for _ in layout.diff), arr(dtype)]
+        sig += [from_dtype(real)] * n_params + [f64, arr(np.float64), i64, arr(np.float64)]
+        return {"pointwise": cuda.compile_ptx(fn, tuple(sig), cc=cc)[0]}
+
+    def _layout(self, spec: LossSpec) -> _Layout:
+        layout = self._layouts.get(id(spec))  # the dict keeps the layout, the layout nothing of the spec
+        if layout is None:
+            layout = self._layouts[id(spec)] = _Layout(spec)
+        return layout
+
+    # -- a call ----------------------------------------------------------------------------
+
+    def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False):
+        layout = self._layout(spec)
+        pl = device.Placement(spec.name, layout.names[0], inputs[0])
+        with pl.active():
+            return self._run(pl, spec, layout, inputs, params, weight, reduction, need_value, need_grad, out, stats)
+
+    def _run(self, pl, spec, layout, inputs, params, weight, reduction, need_value, need_grad, out, stats):
+        name = spec.name
+        tk = pl.kernels()
+        originals = [pl.first] + [pl.view(n, x) for n, x in zip(layout.names[1:], inputs[1:])]
+        views = _adapt(spec, layout.adapt, originals) if layout.adapt is not None else originals
+        shape = tuple(broadcast_shape(name, layout.names, views))
+        real = compute_dtype(views[0])
+        if config.CHECK_LABELS:
+            for k, values in layout.discrete:
+                check_discrete(pl, name, layout.names[k], views[k], values)
+        n = math.prod(shape)
+
+        wview = None
+        if weight is not None:
+            wview = pl.view("weight", weight)
+            check_weight_shape(name, wview, shape)
+        outs = self._check_outs(spec, pl, layout, out, originals, wview) if need_grad else [None] * len(layout.diff)
+
+        xs = [operand(pl, v, shape) for v in views]
+        if wview is not None:
+            w, bw = operand(pl, wview, shape)
+        else:
+            w, bw = pl.scratch(0, real), 0
+        flags = (NEED_GRAD if need_grad else 0) | (PER_ELEMENT if need_value and reduction == "none" else 0)
+        scale = 1.0
+        wsum = pl.scratch(1, _F64)
+        if reduction == "mean":
+            if wview is None:
+                scale = 1.0 / n if n else math.inf
+            else:
+                sum_weights(pl, w, bw, n, wsum)
+                flags |= SCALE_BY_WSUM
+
+        # gradient buffers: the caller's out= when the kernel can write it directly, else ours
+        gbufs = []  # (native or None, flat view, written straight into out=) per differentiable input
+        for j, k in enumerate(layout.diff):
+            gdtype = _grad_dtype(originals[k])
+            o = outs[j]
+            if o is not None and tuple(o[1].shape) == shape and device.c_contiguous(o[1]) and views[k] is originals[k]:
+                gbufs.append((None, device.flat(o[1]), True))
+            elif need_grad:
+                native, view = pl.empty(shape, gdtype)
+                gbufs.append((native, device.flat(view), False))
+            else:
+                gbufs.append((None, pl.scratch(0, gdtype), False))
+        out_dtype = views[0].dtype if views[0].dtype.kind == "f" else real
+        loss_native = None
+        if flags & PER_ELEMENT:
+            loss_native, lview = pl.empty(shape, out_dtype)
+            loss_out = device.flat(lview)
+        else:
+            loss_out = pl.scratch(0, out_dtype)
+
+        blocks, threads = pl.grid(n)
+        partials = pl.scratch(blocks, _F64)
+        if n:
+            kparams = [real.type(p) for p in spec.kernel_params(params)]
+            kern = self.kernel(spec, real.name, len(kparams))
+            args = [U(n)]
+            for x, b in xs:
+                args += [x, U(b)]
+            args += [w, U(bw), *(g for _, g, _ in gbufs), loss_out, *kparams, scale, wsum, flags, partials]
+            kern[blocks, threads, pl.stream](*args)
+
+        value = None
+        if need_value:
+            if reduction == "none":
+                value = loss_native
+            else:
+                native, vview = pl.empty((1,), out_dtype)
+                if n:
+                    fin_scale = scale if reduction == "mean" else 1.0
+                    fin_flags = flags & SCALE_BY_WSUM if reduction == "mean" else 0
+                    tk.finalize[1, threads, pl.stream](partials, vview, fin_scale, wsum, fin_flags)
+                else:
+                    tk.fill[1, 1, pl.stream](vview, math.nan if reduction == "mean" else 0.0)
+                value = pl.scalar(native, vview)
+
+        grads = ()
+        stat_rows = []
+        if need_grad:
+            grads = []
+            for j, k in enumerate(layout.diff):
+                native, g, direct = gbufs[j]
+                if stats:
+                    stat_rows.append(grad_stats(pl, g, n))
+                if direct:
+                    grads.append(outs[j][0])  # the kernel wrote straight into out=
+                else:
+                    grads.append(finish_grad(pl, native, g, shape, views[k], originals[k], outs[j]))
+            grads = tuple(grads)
+        if stats:
+            rows = [pl.to_host(r) for r in stat_rows] or [_stats.empty_partials(0)]
+            return value, grads, _stats.combine(*rows)
+        return value, grads
+
+    @staticmethod
+    def _check_outs(spec, pl, layout, out, originals, wview):
+        diff = layout.diff
+        if out is None:
+            return [None] * len(diff)
+        names = [layout.names[k] for k in diff]
+        outs = list(out) if isinstance(out, tuple) else [out]
+        if len(outs) != len(diff):
+            raise ValueError(f"{spec.name}: out must hold {len(diff)} gradient buffer(s) ({', '.join(names)})")
+        checked = []
+        for j, (k, o) in enumerate(zip(diff, outs)):
+            if o is None:
+                checked.append(None)
+                continue
+            label = f"out[{j}]" if len(diff) > 1 else "out"
+            others = [(layout.names[i], v) for i, v in enumerate(originals) if i != k]
+            others += [("weight", wview)]
+            others += [(f"out[{jj}]", c[1]) for jj, c in enumerate(checked) if c is not None]
+            x = originals[k]
+            checked.append(device.check_out(spec.name, label, pl, o, x.shape, _grad_dtype(x), x, others))
+        return checked
+
+
+def _grad_dtype(x) -> np.dtype:
+    return x.dtype if x.dtype.kind == "f" else _F64
+
+
+def _adapt(spec: LossSpec, adapt, views):
+    """Apply a declaration's host-side ``adapt_inputs`` hook to device arrays.
+
+    The hook sees stand-ins of the right shapes and dtypes (zeros) and may change shapes only by
+    adding or dropping axes of extent 1, which the device arrays then follow (no copy). Checks of
+    values it makes on the host do not apply to device arrays.
+    """
+    standins = [np.lib.stride_tricks.as_strided(np.zeros(1, v.dtype), shape=tuple(v.shape),
+                                                strides=(0,) * v.ndim, writeable=False) for v in views]
+    adapted = adapt(standins)
+    out = []
+    for v, a in zip(views, adapted):
+        try:
+            out.append(device.with_shape(v, a.shape))
+        except ValueError:
+            raise NotImplementedError(
+                f"{spec.name}: its input adapter turns shape {tuple(v.shape)} into {a.shape}, "
+                "which CUDA arrays do not support"
+            ) from None
+    return out
+
+
+def operand(pl, v, shape) -> tuple:
+    """``(flat device array, stride multiplier)`` that the kernels read ``v`` broadcast to ``shape`` from."""
+    if v.size == 1:
+        return device.flat(v) if device.c_contiguous(v) else _gathered(pl, v, tuple(v.shape)), 0
+    if tuple(v.shape) == shape and device.c_contiguous(v):
+        return device.flat(v), 1
+    return _gathered(pl, v, shape), 1
+
+
+def _gathered(pl, v, shape):
+    """A contiguous copy of ``v`` broadcast to ``shape``, by a gather kernel (no host copy)."""
+    n = math.prod(shape)
+    buf = pl.scratch(n, v.dtype)
+    if n:
+        off = len(shape) - v.ndim
+        keep = tuple(0 if d >= off and v.shape[d - off] == 1 else 1 for d in range(len(shape)))
+        blocks, threads = pl.grid(n)
+        pl.kernels().gather(v.ndim, len(shape))[blocks, threads, pl.stream](U(n), v, buf, ushape(shape), ushape(keep))
+    return buf
+
+
+def check_discrete(pl, loss: str, name: str, v, values) -> None:
+    """Raise ``ValueError`` naming the first element of ``v`` not in ``values`` (as on the CPU).
+
+    The search runs on the device; reading its answer waits for the kernels queued before it.
+    """
+    n = int(v.size)
+    if n == 0:
+        return
+    tk = pl.kernels()
+    x = device.flat(v) if device.c_contiguous(v) else _gathered(pl, v, tuple(v.shape))
+    bad = pl.scratch(1, np.int64)
+    tk.fill[1, 1, pl.stream](bad, n)
+    blocks, threads = pl.grid(n)
+    tk.first_not_in[blocks, threads, pl.stream](U(n), x, tuple(float(a) for a in values), bad)
+    i = int(pl.to_host(bad)[0])
+    if i < n:
+        value = pl.to_host(x[i:i + 1])[0]
+        index = np.unravel_index(i, tuple(v.shape)) if v.ndim > 1 else (i,)
+        allowed = ", ".join(f"{a:g}" for a in values)
+        raise ValueError(
+            f"{loss}: {name} must take values in {{{allowed}}}; "
+            f"{name}[{', '.join(str(int(j)) for j in index)}] = {value.item()!r}"
+        )
+
+
+def sum_weights(pl, w, bw, n, wsum) -> None:
+    """``wsum[0] = sum of the n weights`` on the device (float64, ordered)."""
+    tk = pl.kernels()
+    blocks, threads = pl.grid(n)
+    partials = pl.scratch(blocks, _F64)
+    tk.sum_values[blocks, threads, pl.stream](U(n), w, U(bw), partials)
+    tk.finalize[1, threads, pl.stream](partials, wsum, 1.0, wsum, 0)
+
+
+def grad_stats(pl, g, n):
+    """Per-block gradient statistics rows of ``g`` (left on the device)."""
+    blocks, threads = pl.grid(n)
+    rows = pl.empty((blocks, 3), _F64)[1]
+    if n:
+        pl.kernels().grad_stats[blocks, threads, pl.stream](U(n), g, rows)
+    else:
+        rows = pl.empty((0, 3), _F64)[1]
+    return rows
+
+
+def finish_grad(pl, native, g, shape, adapted, original, out):
+    """The gradient of one input from its full-shape buffer ``g`` (``native`` owns it).
+
+    Summed over the axes the input was broadcast along, shaped like the input, and copied into
+    ``out`` (the caller's ``(object, view)``, then returned as given) when there is one.
+    """
+    target = tuple(adapted.shape)
+    if target != shape:
+        m = math.prod(target)
+        padded = (1,) * (len(shape) - len(target)) + target
+        into_out = out is not None and device.c_contiguous(out[1])
+        if into_out:
+            dest = device.flat(out[1]) if out[1].ndim else device.with_shape(out[1], (1,))
+        else:
+            native, dest = pl.empty((m,), _grad_dtype(original))
+        if m:
+            blocks, threads = pl.grid(m)
+            pl.kernels().sum_to[blocks, threads, pl.stream](U(m), g, dest, ushape(shape), ushape(padded))
+        if into_out:
+            return out[0]
+        g = dest
+    if out is not None:
+        n = int(g.size)
+        view = out[1] if out[1].ndim else device.with_shape(out[1], (1,))
+        if n:
+            blocks, threads = pl.grid(n)
+            pl.kernels().scatter(view.ndim)[blocks, threads, pl.stream](U(n), g, view, ushape(view.shape))
+        return out[0]
+    return pl.reshape(native, g, tuple(original.shape))
+
+
+POINTWISE = _kinds.register_cuda_kind(CudaPointwise())

@@ -1,0 +1,818 @@
+"""The rowwise kind on CUDA arrays: the declaration's own row kernel, compiled for the device.
+
+A rowwise declaration's ``kernel(x, y, t, w, g, scale, loss, *params)`` (the contract of
+:mod:`fastloss._kernels.rowwise_cpu`) does per-row scalar math and leaves the passes over the
+class axis to the row primitives ``R`` (:mod:`fastloss._kernels.rowops`). The CUDA driver compiles
+that same function with ``cuda.jit(device=True)`` after rebinding two names in its globals (and in
+those of the helpers it calls from its module), as the CPU driver rebinds ``R`` for its split mode:
+
+``R``
+    Block-cooperative primitives (below): the threads of a block share one row, each takes every
+    ``THREADS``-th class, reductions run through shared memory in a fixed tree (float64, no
+    atomics, no warp shuffles), and primitives that write synchronise the block before and after,
+    so that a kernel may write its gradient over its logits (``out=logits``) as on the CPU.
+    Exponentials run in float32 for float16/float32 logits, in float64 otherwise.
+``np``
+    A device stand-in whose ``empty``/``zeros``/``ones`` return one-element local arrays: the driver
+    hands the kernel one row at a time (a ``(1, classes)`` block), so its per-row vectors have one
+    entry. Allocations sized otherwise are refused when the kernel is compiled (see :func:`analyse`).
+
+A kernel that stores into arrays itself rather than through the primitives (found by reading its
+source: any subscript store other than into its own per-row vectors or ``loss``) cannot share a
+row between threads; it runs in *thread mode*, one thread per row with serial primitives: correct
+(also in place), but the class axis is then not spread over threads.
+
+Rows are handed out grid-stride (block ``b`` takes rows ``b, b + blocks, ...``); thread 0 of a
+block adds its rows' losses in row order into one partial per block, and the shared one-block
+:func:`~fastloss._cuda.kernels.finalize` adds the partials: deterministic, no host synchronisation.
+Class labels are checked on the device first (:func:`~fastloss._cuda.kernels.check_labels`, which
+also sums the mean's denominator); the driver never indexes with an invalid label.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import math
+import textwrap
+import threading
+import types
+
+import numpy as np
+from numba import cuda, float32, float64, int64
+
+from .. import _kinds, _stats
+from .._kernels import rowops
+from .._rowwise import RowwiseKind
+from .._spec import LossSpec, Param
+from .._validate import compute_dtype
+from . import config, device, kernels
+from .device import U
+
+#: ``flags`` bits of the driver (SCALE_BY_DENOM shares the bit of kernels.SCALE_BY_WSUM).
+SCALE_BY_DENOM = kernels.SCALE_BY_WSUM
+NEED_GRAD = 2
+PER_ROW = 4
+
+_F64 = np.dtype(np.float64)
+
+THREADS = 0  # placeholders of the primitive templates, bound per build
+REAL = float64
+
+
+# -- block-cooperative primitives (one row per block) -------------------------------------------
+
+
+def _b_row_max(x):
+    t = cuda.threadIdx.x
+    m = -math.inf
+    for j in range(t, x.shape[1], THREADS):
+        m = max(m, float64(x[0, j]))
+    out = cuda.local.array(1, float64)
+    out[0] = block_max(m)  # noqa: F821  (bound per build)
+    return out
+
+
+def _b_exp_sum(x, m, e):
+    t = cuda.threadIdx.x
+    write = e.size > 0
+    if write:
+        cuda.syncthreads()  # e may be x: every thread has read what it needs (gather) first
+    mr = REAL(m[0])
+    s = 0.0
+    for j in range(t, x.shape[1], THREADS):
+        v = math.exp(REAL(x[0, j]) - mr)
+        if write:
+            e[0, j] = v
+        s += v
+    out = cuda.local.array(1, float64)
+    out[0] = block_sum(s)  # noqa: F821
+    return out
+
+
+def _b_gather(x, y):
+    out = cuda.local.array(1, float64)
+    out[0] = float64(x[0, y[0]])
+    return out
+
+
+def _b_dot(x, t, w, m):
+    tid = cuda.threadIdx.x
+    mr = m[0]
+    has_t = t.size > 0
+    has_w = w.size > 0
+    s = 0.0
+    for j in range(tid, x.shape[1], THREADS):
+        v = float64(x[0, j]) - mr
+        if has_t:
+            v *= float64(t[0, j])
+        if has_w:
+            v *= w[j]
+        s += v
+    out = cuda.local.array(1, float64)
+    out[0] = block_sum(s)  # noqa: F821
+    return out
+
+
+def _b_row_sum(t):
+    tid = cuda.threadIdx.x
+    s = 0.0
+    for j in range(tid, t.shape[1], THREADS):
+        s += float64(t[0, j])
+    out = cuda.local.array(1, float64)
+    out[0] = block_sum(s)  # noqa: F821
+    return out
+
+
+def _b_xlogx(t):
+    tid = cuda.threadIdx.x
+    s = 0.0
+    for j in range(tid, t.shape[1], THREADS):
+        v = float64(t[0, j])
+        s += v * math.log(v) if v != 0.0 else 0.0
+    out = cuda.local.array(1, float64)
+    out[0] = block_sum(s)  # noqa: F821
+    return out
+
+
+def _b_scale_rows(g, c):
+    cuda.syncthreads()
+    if g.size > 0:
+        cr = c[0]
+        for j in range(cuda.threadIdx.x, g.shape[1], THREADS):
+            g[0, j] = g[0, j] * cr
+    cuda.syncthreads()
+
+
+def _b_scale_add(g, c, a, t, b, w):
+    cuda.syncthreads()
+    if g.size > 0:
+        cr = c[0]
+        has_t = t.size > 0
+        has_w = w.size > 0
+        for j in range(cuda.threadIdx.x, g.shape[1], THREADS):
+            u = b
+            if has_t:
+                u += a * float64(t[0, j])
+            if has_w:
+                u *= w[j]
+            g[0, j] = cr * g[0, j] + u
+    cuda.syncthreads()
+
+
+def _b_add_at(g, y, b):
+    cuda.syncthreads()
+    if g.size > 0 and cuda.threadIdx.x == 0:
+        g[0, y[0]] += b[0]
+    cuda.syncthreads()
+
+
+# -- serial primitives (thread mode: one thread per row) -----------------------------------------
+
+
+def _s_row_max(x):
+    m = -math.inf
+    for j in range(x.shape[1]):
+        m = max(m, float64(x[0, j]))
+    out = cuda.local.array(1, float64)
+    out[0] = m
+    return out
+
+
+def _s_exp_sum(x, m, e):
+    write = e.size > 0
+    mr = REAL(m[0])
+    s = 0.0
+    for j in range(x.shape[1]):
+        v = math.exp(REAL(x[0, j]) - mr)
+        if write:
+            e[0, j] = v
+        s += v
+    out = cuda.local.array(1, float64)
+    out[0] = s
+    return out
+
+
+def _s_dot(x, t, w, m):
+    mr = m[0]
+    has_t = t.size > 0
+    has_w = w.size > 0
+    s = 0.0
+    for j in range(x.shape[1]):
+        v = float64(x[0, j]) - mr
+        if has_t:
+            v *= float64(t[0, j])
+        if has_w:
+            v *= w[j]
+        s += v
+    out = cuda.local.array(1, float64)
+    out[0] = s
+    return out
+
+
+def _s_row_sum(t):
+    s = 0.0
+    for j in range(t.shape[1]):
+        s += float64(t[0, j])
+    out = cuda.local.array(1, float64)
+    out[0] = s
+    return out
+
+
+def _s_xlogx(t):
+    s = 0.0
+    for j in range(t.shape[1]):
+        v = float64(t[0, j])
+        s += v * math.log(v) if v != 0.0 else 0.0
+    out = cuda.local.array(1, float64)
+    out[0] = s
+    return out
+
+
+def _s_scale_rows(g, c):
+    if g.size > 0:
+        cr = c[0]
+        for j in range(g.shape[1]):
+            g[0, j] = g[0, j] * cr
+
+
+def _s_scale_add(g, c, a, t, b, w):
+    if g.size > 0:
+        cr = c[0]
+        has_t = t.size > 0
+        has_w = w.size > 0
+        for j in range(g.shape[1]):
+            u = b
+            if has_t:
+                u += a * float64(t[0, j])
+            if has_w:
+                u *= w[j]
+            g[0, j] = cr * g[0, j] + u
+
+
+def _s_add_at(g, y, b):
+    if g.size > 0:
+        g[0, y[0]] += b[0]
+
+
+#: The device primitives of each mode, by the name of the :mod:`rowops` primitive they replace.
+PRIMITIVES = {
+    "block": {"row_max": _b_row_max, "exp_sum": _b_exp_sum, "gather": _b_gather, "dot": _b_dot,
+              "row_sum": _b_row_sum, "xlogx": _b_xlogx, "scale_rows": _b_scale_rows,
+              "scale_add": _b_scale_add, "add_at": _b_add_at},
+    "thread": {"row_max": _s_row_max, "exp_sum": _s_exp_sum, "gather": _b_gather, "dot": _s_dot,
+               "row_sum": _s_row_sum, "xlogx": _s_xlogx, "scale_rows": _s_scale_rows,
+               "scale_add": _s_scale_add, "add_at": _s_add_at},
+}
+
+
+# -- the numpy stand-in ------------------------------------------------------------------------------
+
+
+def _empty(n):
+    return cuda.local.array(1, float64)
+
+
+def _zeros(n):
+    a = cuda.local.array(1, float64)
+    a[0] = 0.0
+    return a
+
+
+def _ones(n):
+    a = cuda.local.array(1, float64)
+    a[0] = 1.0
+    return a
+
+
+_ALLOCATORS = ("empty", "zeros", "ones")
+
+
+def _numpy_standin(name: str):
+    mod = types.ModuleType(f"fastloss._cuda.rowwise.{name}")
+    for fn in (_empty, _zeros, _ones):
+        setattr(mod, fn.__name__[1:], cuda.jit(device=True, inline="always")(fn))
+    mod.float64, mod.float32, mod.int64 = float64, float32, int64
+    mod.inf, mod.nan, mod.pi, mod.e = math.inf, math.nan, math.pi, math.e
+    return mod
+
+
+# -- reading a kernel's source ---------------------------------------------------------------------
+
+
+class KernelSourceError(NotImplementedError):
+    """A rowwise kernel does something the CUDA driver cannot run."""
+
+
+def analyse(func, loss_name: str) -> str:
+    """``"block"`` or ``"thread"``: the mode a rowwise kernel (and its helpers) can run in on CUDA.
+
+    Raises :class:`KernelSourceError` when the source is unavailable or allocates arrays that are
+    not per-row vectors (``np.empty(rows)``; the device stand-in has room for one row).
+    """
+    writes = _Analysis(loss_name).visit_function(func, top=True)
+    return "thread" if writes else "block"
+
+
+class _Analysis:
+    def __init__(self, loss_name: str) -> None:
+        self.loss_name = loss_name
+        self.seen: set[int] = set()
+
+    def visit_function(self, func, top: bool) -> bool:
+        """Whether ``func`` (or a local helper) stores into arrays that are not its own row vectors."""
+        if id(func) in self.seen:
+            return False
+        self.seen.add(id(func))
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+        except (OSError, TypeError, SyntaxError) as exc:
+            raise KernelSourceError(
+                f"{self.loss_name}: the CUDA driver reads the source of rowwise kernels and cannot get "
+                f"that of {func.__qualname__} ({exc})"
+            ) from None
+        fdef = next(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
+        params = [a.arg for a in fdef.args.args]
+        allowed = {params[6]} if top and len(params) > 6 else set()  # the loss vector of the contract
+        numpy_names = {k for k, v in func.__globals__.items() if v is np}
+        rows = set()
+        writes = False
+        for node in ast.walk(fdef):
+            if isinstance(node, ast.Assign):
+                self._bind_rows(node, rows)
+        for node in ast.walk(fdef):
+            if isinstance(node, ast.Call) and _is_alloc(node, numpy_names):
+                if not node.args or not _is_row_count(node.args[0], rows):
+                    raise KernelSourceError(
+                        f"{self.loss_name}: {func.__qualname__} allocates {ast.unparse(node)}; on CUDA a rowwise "
+                        "kernel may only allocate per-row vectors (np.empty(rows), rows = x.shape[0])"
+                    )
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) \
+                    and _is_alloc(node.value, numpy_names):
+                allowed.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        for node in ast.walk(fdef):
+            targets = node.targets if isinstance(node, ast.Assign) else (
+                [node.target] if isinstance(node, ast.AugAssign) else [])
+            for t in targets:
+                for sub in ast.walk(t):
+                    if isinstance(sub, ast.Subscript) and isinstance(sub.ctx, ast.Store):
+                        base = _base_name(sub)
+                        if base not in allowed:
+                            writes = True
+        for name in sorted(n.id for n in ast.walk(fdef) if isinstance(n, ast.Name)):
+            helper = func.__globals__.get(name)
+            if _is_local_helper(helper, func):
+                writes |= self.visit_function(helper, top=False)
+        return writes
+
+    @staticmethod
+    def _bind_rows(node: ast.Assign, rows: set) -> None:
+        for t in node.targets:
+            if isinstance(t, ast.Name) and _is_row_count(node.value, rows):
+                rows.add(t.id)
+            if isinstance(t, ast.Tuple) and t.elts and isinstance(t.elts[0], ast.Name) \
+                    and isinstance(node.value, ast.Attribute) and node.value.attr == "shape":
+                rows.add(t.elts[0].id)
+
+
+def _is_alloc(call: ast.Call, numpy_names: set) -> bool:
+    f = call.func
+    return isinstance(f, ast.Attribute) and f.attr in (*_ALLOCATORS, "empty_like", "zeros_like", "full") \
+        and isinstance(f.value, ast.Name) and f.value.id in numpy_names
+
+
+def _is_row_count(node, rows: set) -> bool:
+    if isinstance(node, ast.Name):
+        return node.id in rows
+    return (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "shape" and isinstance(node.slice, ast.Constant) and node.slice.value == 0)
+
+
+def _base_name(node) -> str | None:
+    while isinstance(node, (ast.Subscript, ast.Attribute)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _is_local_helper(value, func) -> bool:
+    return isinstance(value, types.FunctionType) and value.__module__ == func.__module__ and value is not func
+
+
+# -- building the device code --------------------------------------------------------------------------
+
+
+_TEMPLATE_HEAD = '''
+def rowwise(x, y, t, w, g, loss_rows, {params}scale, denom, ignore_index, flags, partials):
+    """Row losses (and gradients, scaled for the reduction) of rows r < n; see the module docstring."""
+    n = x.shape[0]
+    nc = x.shape[1]
+    s = scale
+    if flags & SCALE_BY_DENOM:  # mean over labels: the denominator was reduced on the device
+        d = denom[0]
+        s = 1.0 / d if d != 0.0 else math.inf
+    has_index = y.size > 0
+    has_probs = t.shape[0] > 0
+    need_grad = (flags & NEED_GRAD) != 0
+    per_row = (flags & PER_ROW) != 0
+    tid = cuda.threadIdx.x
+    yk = cuda.local.array(1, int64)
+    lb = cuda.local.array(1, float64)
+    acc = 0.0
+'''
+
+_TEMPLATE_ROW = '''
+        state = 0  # 1: ignored (zero loss and gradient), 2: invalid label (NaN; only with CHECK_LABELS off)
+        yk[0] = 0
+        if has_index:
+            yr = int64(y[r])
+            if yr == ignore_index:
+                state = 1
+            elif yr < 0 or yr >= nc:
+                state = 2
+            else:
+                yk[0] = yr
+        yb = yk if has_index else yk[0:0]  # the contract's empty y for probability targets
+        tb = t[r:r + 1] if has_probs else t[0:0]
+        gb = g[r:r + 1] if need_grad else g[0:0]
+        _row_kernel(x[r:r + 1], yb, tb, w, gb, s, lb, {args})
+        if state != 0:
+            v = 0.0 if state == 1 else math.nan
+            {sync}
+            if need_grad:
+                for j in range({first}, nc, {stride}):
+                    g[r, j] = v
+            lb[0] = v
+'''
+
+_BLOCK = _TEMPLATE_HEAD + '''    for r in range(cuda.blockIdx.x, n, cuda.gridDim.x):
+{row}
+        if tid == 0:
+            acc += lb[0]
+            if per_row:
+                loss_rows[r] = lb[0]
+    if tid == 0:
+        partials[cuda.blockIdx.x] = acc
+'''
+
+_THREAD = _TEMPLATE_HEAD + '''    r = int64(cuda.blockIdx.x) * THREADS + tid
+    step = int64(cuda.gridDim.x) * THREADS
+    while r < n:
+{row}
+        acc += lb[0]
+        if per_row:
+            loss_rows[r] = lb[0]
+        r += step
+    total = block_sum(acc)
+    if tid == 0:
+        partials[cuda.blockIdx.x] = total
+'''
+
+
+def driver_source(mode: str, n_params: int) -> str:
+    """The driver kernel's source for a kernel with ``n_params`` hyper-parameters."""
+    names = [f"p{j}" for j in range(n_params)]
+    block = mode == "block"
+    row = _TEMPLATE_ROW.format(args=", ".join(names), sync="cuda.syncthreads()" if block else "pass",
+                               first="tid" if block else "0", stride="THREADS" if block else "1")
+    return (_BLOCK if block else _THREAD).format(params="".join(f"{p}, " for p in names), row=row)
+
+
+class _Build:
+    """The device functions of one (mode, compute type, block size): primitives, stand-ins, kernels."""
+
+    def __init__(self, mode: str, real: str, threads: int, fresh: bool = False) -> None:
+        self.mode = mode
+        self.tk = kernels.Toolkit(threads) if fresh else kernels.toolkit(threads)
+        glb = {**self.tk.globals, "REAL": float32 if real == "float32" else float64, "THREADS": threads}
+        self.globals = glb
+        prims = types.ModuleType(f"fastloss._cuda.rowwise.{mode}")
+        for name, fn in PRIMITIVES[mode].items():
+            bound = types.FunctionType(fn.__code__, glb, fn.__name__, fn.__defaults__)
+            setattr(prims, name, cuda.jit(device=True, inline="always")(bound))
+        self.primitives = prims
+        self.numpy = _numpy_standin(mode)
+        self._by_id = {id(pair[0]): name for name, pair in rowops.PRIMITIVES.items()}
+        self._compiled: dict[int, object] = {}
+
+    def device_kernel(self, func):
+        """``func`` (a rowwise kernel or one of its helpers) compiled for the device, names rebound."""
+        key = id(func)
+        if key not in self._compiled:
+            glb = dict(func.__globals__)
+            for name in func.__code__.co_names:
+                v = glb.get(name)
+                if v is rowops:
+                    glb[name] = self.primitives
+                elif v is np:
+                    glb[name] = self.numpy
+                elif id(v) in self._by_id:
+                    glb[name] = getattr(self.primitives, self._by_id[id(v)])
+                elif _is_local_helper(v, func):
+                    glb[name] = self.device_kernel(v)
+            fn = types.FunctionType(func.__code__, glb, func.__name__, func.__defaults__, func.__closure__)
+            fn.__qualname__ = func.__qualname__
+            self._compiled[key] = cuda.jit(device=True, inline="always")(fn)
+        return self._compiled[key]
+
+    def driver(self, spec: LossSpec, n_params: int):
+        """The driver kernel of ``spec`` as a Python function (to jit, or to compile to PTX)."""
+        extra = {
+            "_row_kernel": self.device_kernel(getattr(spec.kernel, "py_func", spec.kernel)),
+            "SCALE_BY_DENOM": SCALE_BY_DENOM, "NEED_GRAD": NEED_GRAD, "PER_ROW": PER_ROW,
+            "int64": int64, "float64": float64, "math": math,
+        }
+        source = driver_source(self.mode, n_params)
+        glb = {**self.globals, **extra}
+        ns: dict = {}
+        exec(compile(source, f"<fastloss cuda rowwise {spec.name} {self.mode}>", "exec"), glb, ns)  # generated
+        fn = ns["rowwise"]
+        return types.FunctionType(fn.__code__, glb, "rowwise", fn.__defaults__)
+
+
+def launch_bounds(threads: int) -> tuple[int, int]:
+    """``(threads, blocks per SM)`` promised to the compiler, so that it keeps registers for
+    ``config.ROW_SM_THREADS`` resident threads per SM: a row kernel inlines every branch of its
+    loss (label smoothing, probability targets, ...) and would otherwise take up to ~190 registers
+    per thread, one block per SM."""
+    return threads, max(1, config.ROW_SM_THREADS // threads)
+
+
+def row_threads(nc: int) -> int:
+    """Threads per row in block mode: a warp for short rows, up to ``config.ROW_THREADS``."""
+    want = 32
+    while want < config.ROW_THREADS and want * 8 < nc:
+        want *= 2
+    return min(want, config.ROW_THREADS)
+
+
+class CudaRowwise:
+    """The rowwise kind for CUDA arrays (same contract as :class:`fastloss._rowwise.RowwiseKind`)."""
+
+    name = "rowwise"
+
+    def __init__(self) -> None:
+        self._modes: dict[int, str] = {}
+        self._builds: dict[tuple, _Build] = {}
+        self._kernels: dict[tuple, object] = {}
+        self._lock = threading.Lock()
+
+    def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
+        return ()
+
+    def mode(self, spec: LossSpec) -> str:
+        func = getattr(spec.kernel, "py_func", spec.kernel)
+        mode = self._modes.get(id(func))
+        if mode is None:
+            mode = self._modes[id(func)] = analyse(func, spec.name)
+        return mode
+
+    def _build(self, mode: str, real: str, threads: int) -> _Build:
+        key = (mode, real, threads)
+        if key not in self._builds:
+            self._builds[key] = _Build(mode, real, threads)
+        return self._builds[key]
+
+    def kernel(self, spec: LossSpec, real: str, threads: int, n_params: int):
+        mode = self.mode(spec)
+        key = (spec.kernel, mode, real, threads, n_params)
+        kern = self._kernels.get(key)
+        if kern is None:
+            with self._lock:
+                kern = self._kernels.get(key)
+                if kern is None:
+                    fn = self._build(mode, real, threads).driver(spec, n_params)
+                    opts = {} if device.simulated() else {"launch_bounds": launch_bounds(threads)}
+                    kern = self._kernels[key] = cuda.jit(fn, **opts)
+        return kern
+
+    def ptx(self, loss, dtype: np.dtype, cc: tuple[int, int], threads: int, labels=np.int64) -> dict[str, str]:
+        """PTX of the driver of ``loss`` for logits of ``dtype`` and class labels of dtype ``labels``
+        (see :mod:`fastloss._cuda.ptx`)."""
+        from numba.cuda import types as nbt
+        from numba.cuda.np.numpy_support import from_dtype
+
+        spec = loss.spec
+        mode = self.mode(spec)
+        real = compute_dtype(np.empty(0, dtype))
+        n_params = len(spec.kernel_params({p.name: p.default for p in spec.params}))
+        fn = _Build(mode, real.name, threads, fresh=True).driver(spec, n_params)
+
+        def arr(dt, nd=1):
+            return nbt.Array(from_dtype(np.dtype(dt)), nd, "C")
+
+        sig = (arr(dtype, 2), arr(labels), arr(dtype, 2), arr(np.float64), arr(dtype, 2), arr(dtype),
+               *([nbt.float64] * n_params), nbt.float64, arr(np.float64), nbt.int64, nbt.int64, arr(np.float64))
+        return {f"rowwise_{mode}": cuda.compile_ptx(fn, sig, cc=cc, launch_bounds=launch_bounds(threads))[0]}
+
+    # -- a call ----------------------------------------------------------------------------------
+
+    def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False):
+        pl = device.Placement(spec.name, spec.inputs[0].name, inputs[0])
+        with pl.active():
+            return self._run(pl, spec, inputs, params, weight, reduction, need_value, need_grad, out, stats)
+
+    def _run(self, pl, spec, inputs, params, weight, reduction, need_value, need_grad, out, stats):
+        name = spec.name
+        xname, tname = spec.inputs[0].name, spec.inputs[1].name
+        tk = pl.kernels()
+        logits = pl.first
+        target = pl.view(tname, inputs[1], scalars=False)
+        if logits.ndim == 0:
+            raise ValueError(f"{name}: {xname} needs a class axis; got a 0-d array")
+        axis = params["axis"]
+        if not -logits.ndim <= axis < logits.ndim:
+            raise ValueError(f"{name}: axis {axis} is out of range for {xname} of shape {tuple(logits.shape)}")
+        axis %= logits.ndim
+        shape = tuple(logits.shape)
+        nc = shape[axis]
+        if nc == 0:
+            raise ValueError(f"{name}: the class axis (axis {axis}) of {xname} of shape {shape} is empty")
+        lead = shape[:axis] + shape[axis + 1:]
+        n = math.prod(lead)
+        form = RowwiseKind._target_form(spec, logits, target, lead, axis)
+        real = compute_dtype(logits)
+        gdtype = logits.dtype if logits.dtype.kind == "f" else _F64
+        out_dtype = gdtype
+
+        # -- class weights, labels and the mean's denominator (checked before the row kernel) --
+        wview = None
+        if weight is not None:
+            if not spec.options.get("class_weight", True):
+                raise TypeError(f"{name}: takes no class weights (weight=)")
+            wview = pl.view("weight", weight, scalars=False)
+            if tuple(wview.shape) != (nc,):
+                raise ValueError(f"{name}: weight must hold one weight per class, shape ({nc},); "
+                                 f"got {tuple(wview.shape)}")
+            w = _contiguous(pl, wview, np.float64)
+        else:
+            w = pl.scratch(0, np.float64)
+        use_ignore = "ignore_index" in params
+        ignore_index = int(params["ignore_index"]) if use_ignore else -1
+        flags = (NEED_GRAD if need_grad else 0) | (PER_ROW if need_value and reduction == "none" else 0)
+        scale = 1.0
+        denom = pl.scratch(1, np.float64)
+        if form == "index":
+            y = device.reshaped(_contiguous(pl, target, None), (n,))
+            weighted_mean = wview is not None and spec.options.get("mean", "weight") == "weight"
+            self._check_labels(pl, name, tname, target, y, nc, ignore_index, use_ignore, w, weighted_mean, denom)
+            if reduction == "mean":
+                flags |= SCALE_BY_DENOM
+        else:
+            y = pl.scratch(0, np.int64)
+            if reduction == "mean":
+                scale = 1.0 / n if n else math.inf
+
+        # -- rows: (n, classes) C-contiguous views, copying only when the layout requires it -----
+        xm = device.moveaxis(logits, axis, -1)
+        private = None  # our own contiguous copy of the logits (the gradient may overwrite it)
+        if device.c_contiguous(xm):
+            x2 = device.reshaped(xm, (n, nc))
+        else:
+            private = pl.empty(xm.shape, logits.dtype)
+            _copy_into(pl, xm, private[1])
+            x2 = device.reshaped(private[1], (n, nc))
+        if form == "probs":
+            t2 = device.reshaped(_contiguous(pl, device.moveaxis(target, axis, -1), None), (n, nc))
+        else:
+            t2 = _empty_rows(pl, logits.dtype, nc)
+        outs = None
+        g_native = None
+        if need_grad:
+            if out is not None:
+                outs = device.check_out(name, "out", pl, out, shape, gdtype, logits,
+                                        [(tname, target), ("weight", wview)])
+                om = device.moveaxis(outs[1], axis, -1)
+                if device.c_contiguous(om):
+                    g2 = device.reshaped(om, (n, nc))  # straight into out= (in place when it is the logits)
+                else:
+                    om = None
+            if out is None or om is None:
+                if private is not None and private[1].dtype == gdtype:
+                    g_native, g2 = private[0], x2  # overwrite our own copy
+                else:
+                    g_native, gv = pl.empty(xm.shape, gdtype)
+                    g2 = device.reshaped(gv, (n, nc))
+        else:
+            g2 = _empty_rows(pl, gdtype, nc)
+
+        loss_native = None
+        if flags & PER_ROW:
+            loss_native, lview = pl.empty(lead, out_dtype)
+            loss_rows = device.flat(lview)
+        else:
+            loss_rows = pl.scratch(0, out_dtype)
+
+        mode = self.mode(spec)
+        threads = row_threads(nc) if mode == "block" else config.THREADS
+        if mode == "block":
+            blocks = max(1, min(n, config.MAX_BLOCKS))
+        else:
+            blocks = max(1, min(-(-n // threads), config.MAX_BLOCKS))
+        partials = pl.scratch(blocks, np.float64)
+        if n:
+            kparams = [float(p) for p in spec.kernel_params(params)]
+            kern = self.kernel(spec, real.name, threads, len(kparams))
+            kern[blocks, threads, pl.stream](x2, y, t2, w, g2, loss_rows, *kparams, scale, denom,
+                                             ignore_index, flags, partials)
+
+        value = None
+        if need_value:
+            if reduction == "none":
+                value = loss_native
+            else:
+                native, vview = pl.empty((1,), out_dtype)
+                if n:
+                    fin_flags = flags & SCALE_BY_DENOM if reduction == "mean" else 0
+                    fin_scale = scale if reduction == "mean" else 1.0
+                    tk.finalize[1, tk.threads, pl.stream](partials, vview, fin_scale, denom, fin_flags)
+                else:
+                    tk.fill[1, 1, pl.stream](vview, math.nan if reduction == "mean" else 0.0)
+                value = pl.scalar(native, vview)
+
+        grads = ()
+        rows = []
+        if need_grad:
+            if stats:
+                flat_g = device.reshaped(g2, (n * nc,))
+                rows.append(_stat_rows(pl, flat_g))
+            if outs is not None and g_native is None:
+                grad = outs[0]  # written in place (or straight into out=)
+            elif outs is not None:
+                _copy_into(pl, device.reshaped(g2, xm.shape), device.moveaxis(outs[1], axis, -1))
+                grad = outs[0]
+            else:
+                grad = pl.moveaxis(g_native, device.reshaped(g2, xm.shape), -1, axis)
+            grads = (grad,)
+        if stats:
+            host_rows = [pl.to_host(r) for r in rows] or [_stats.empty_partials(0)]
+            return value, grads, _stats.combine(*host_rows)
+        return value, grads
+
+    @staticmethod
+    def _check_labels(pl, name, tname, target, y, nc, ignore_index, use_ignore, w, weighted_mean, denom):
+        """Validate labels on the device and reduce the mean's denominator into ``denom[0]``."""
+        tk = pl.kernels()
+        n = int(y.size)
+        blocks, threads = pl.grid(n)
+        partials = pl.scratch(blocks, np.float64)
+        bad = pl.scratch(1, np.int64)
+        tk.fill[1, 1, pl.stream](bad, n)
+        tk.check_labels[blocks, threads, pl.stream](U(n), y, nc, ignore_index, use_ignore, w, weighted_mean,
+                                                    bad, partials)
+        tk.finalize[1, threads, pl.stream](partials, denom, 1.0, denom, 0)
+        if not config.CHECK_LABELS or n == 0:
+            return
+        i = int(pl.to_host(bad)[0])
+        if i < n:
+            value = int(pl.to_host(y[i:i + 1])[0])
+            where = ", ".join(map(str, np.unravel_index(i, tuple(target.shape)))) if target.ndim else ""
+            also = f" or ignore_index={ignore_index}" if use_ignore else ""
+            raise ValueError(f"{name}: {tname}[{where}] = {value} is not a class index in [0, {nc}){also}")
+
+
+def _empty_rows(pl, dtype, nc: int):
+    """An empty ``(0, classes)`` device array (the contract's "not given")."""
+    return device.reshaped(pl.scratch(0, dtype), (0, nc))
+
+
+def _copy_into(pl, src, dst) -> None:
+    """``dst[...] = src`` for device arrays of one shape (any strides), by a gather kernel."""
+    n = int(src.size)
+    if n == 0:
+        return
+    flat_dst = dst if dst.ndim == 1 and device.c_contiguous(dst) else None
+    blocks, threads = pl.grid(n)
+    shape = tuple(src.shape)
+    if flat_dst is not None or device.c_contiguous(dst):
+        target = flat_dst if flat_dst is not None else device.flat(dst)
+        keep = (U(1),) * len(shape)
+        pl.kernels().gather(src.ndim, len(shape))[blocks, threads, pl.stream](U(n), src, target, device.ushape(shape),
+                                                                              keep)
+    elif device.c_contiguous(src):
+        pl.kernels().scatter(dst.ndim)[blocks, threads, pl.stream](U(n), device.flat(src), dst, device.ushape(shape))
+    else:
+        tmp = pl.scratch(n, dst.dtype)
+        _copy_into(pl, src, device.reshaped(tmp, shape))
+        _copy_into(pl, device.reshaped(tmp, shape), dst)
+
+
+def _contiguous(pl, v, dtype):
+    """``v`` as a C-contiguous device array of ``dtype`` (itself when it already is)."""
+    dtype = v.dtype if dtype is None else np.dtype(dtype)
+    if device.c_contiguous(v) and v.dtype == dtype:
+        return v
+    buf = device.reshaped(pl.scratch(int(v.size), dtype), tuple(v.shape))
+    _copy_into(pl, v, buf)
+    return buf
+
+
+def _stat_rows(pl, g):
+    n = int(g.size)
+    blocks, threads = pl.grid(n)
+    rows = pl.empty((blocks, 3), _F64)[1]
+    if n:
+        pl.kernels().grad_stats[blocks, threads, pl.stream](U(n), g, rows)
+    return rows
+
+
+ROWWISE = _kinds.register_cuda_kind(CudaRowwise())

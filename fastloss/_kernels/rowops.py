@@ -1,0 +1,547 @@
+"""Row primitives: the passes over the class axis that rowwise loss kernels are written with.
+
+A rowwise kernel (see :mod:`fastloss._kernels.rowwise_cpu`) works on a *block* of rows, a
+C-contiguous ``(rows, classes)`` array, and leaves every pass over the class axis to the primitives
+below; what remains in the kernel is per-row scalar math. Softmax cross entropy, for example, is::
+
+    xy = R.gather(x, y)            # target logits, read before g (which may be x) is written
+    m = R.row_max(x)
+    s = R.exp_sum(x, m, g)         # g <- exp(x - m), s = row sums
+    ...                            # per row: lse = m + log s, loss, gradient coefficients
+    R.scale_rows(g, c)             # g <- c * exp(x - m) = c * s * softmax(x)
+    R.add_at(g, y, b)              # g[r, y_r] += b_r
+
+Why primitives rather than loops in every kernel:
+
+* Each is written once to run at memory speed: plain loops over contiguous slices from index 0
+  (LLVM vectorises them, with the vectorisable ``exp``/``log`` of :mod:`.mathfn`), a separate
+  single-array loop when the gradient overwrites its own input (LLVM's runtime alias check would
+  otherwise fall back to scalar code), and for short rows a flat pass over the whole block, so
+  that a 10-class problem still runs the exponential over full SIMD vectors.
+* The driver rebinds them. For a few rows with a huge class axis, :data:`SPLIT` holds twins that
+  cut each row into ``SEGMENT``-sized pieces processed in parallel and combine the pieces' results
+  in piece order, so the same kernel uses every core inside a row and stays deterministic.
+  A device driver can bind block-cooperative versions the same way.
+
+Conventions: an empty ``t`` or ``w`` (``size == 0``) reads as all ones; ``g`` may be ``x`` itself,
+so a kernel reads everything it needs from ``x`` before its first primitive that writes ``g``;
+reductions return float64 vectors with one entry per row.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+from numba import prange
+from numba.core import types as nbtypes
+from numba.extending import overload
+
+from .._compile import njit
+from .._config import FASTMATH
+from .mathfn import exp, log
+
+#: Exponential loops run over a multiple of this many elements, so that LLVM's vector loop covers
+#: them completely (with a plain loop, the scalar remainder of every 1000-class row costs as much
+#: as the rest of the row); tails go through a padded chunk of this length.
+VECTOR_CHUNK = 64
+
+#: Rows shorter than this take the exponential as one flat pass over the whole block instead of
+#: row by row (a padded chunk per row would waste most of its lanes).
+SHORT_EXP = 32
+
+#: Rows shorter than this use a plain running maximum instead of eight interleaved ones.
+SHORT_ROW = 16
+
+#: Piece length of the split (intra-row parallel) twins.
+SEGMENT = 16384
+
+_opts = {"error_model": "numpy", "fastmath": set(FASTMATH)}
+_prim = njit(cache=False, **_opts)
+# no reassociation where piece results are added: their order is part of the numerical contract
+_exact = njit(cache=False, error_model="numpy")
+_split = njit(cache=False, parallel=True, **_opts)
+
+
+# -- the exponential of a shifted logit, at the precision of the data ----------------------------
+#
+# Every exponential here is exp(x - m) with m the row maximum, so its argument is <= 0 (or NaN).
+# For float64 data that is mathfn.exp. For float32 data a float32-lane version: mathfn's float32
+# variant computes in float64 lanes (8 per AVX-512 vector), this one in float32 lanes (16), which
+# doubles the throughput of the pass that bounds softmax speed. Results below the smallest normal
+# float32 (x - m < -87.34) are flushed to 0: they are below 1e-38 of the row's largest term.
+
+_F32 = np.float32
+_LO = _F32(-87.33654)  # log(2^-126)
+_LOG2E = _F32(1.4426950408889634)
+_MAGIC = _F32(12582912.0)  # 1.5 * 2^23: adding it rounds |t| < 2^22 to an integer in the low bits
+_MAGIC_BITS = np.int32(np.array([_MAGIC]).view(np.int32)[0])
+_LN2_HI = _F32(0.693359375)  # exact in 9 bits: k * _LN2_HI is exact
+_LN2_LO = _F32(-2.12194440e-4)
+# e^r = 1 + r + r^2 P(r) on |r| <= ln2/2 (Cephes expf coefficients): within 1 float32 ulp overall
+_E5 = _F32(1.9875691500e-4)
+_E4 = _F32(1.3981999507e-3)
+_E3 = _F32(8.3334519073e-3)
+_E2 = _F32(4.1665795894e-2)
+_E1 = _F32(1.6666665459e-1)
+_E0 = _F32(5.0000001201e-1)
+
+
+@njit(cache=False, error_model="numpy", fastmath={"contract"})  # never reassoc: it folds the rounding trick
+def exp_neg_f32(d):
+    """``e^d`` in float32 for float32 ``d <= 0`` (0 below -87.34, NaN propagates), within 1 ulp."""
+    dc = max(d, _LO)
+    t = dc * _LOG2E + _MAGIC
+    kf = t - _MAGIC
+    k = _F32(t).view(np.int32) - _MAGIC_BITS
+    r = dc - kf * _LN2_HI
+    r = r - kf * _LN2_LO
+    p = _E5
+    p = p * r + _E4
+    p = p * r + _E3
+    p = p * r + _E2
+    p = p * r + _E1
+    p = p * r + _E0
+    y = p * r * r + r + _F32(1.0)
+    y = y * np.int32((k + 127) << 23).view(np.float32)  # 2^k, k in [-126, 0]
+    y = y if d >= _LO else _F32(0.0)
+    return y if d == d else d
+
+
+def shift(v, m):
+    """``v - m`` in the precision of the element ``v`` (``m``, a row maximum, is exact in it)."""
+
+
+def exp_shift(v, m):
+    """``exp(v - m)`` for an element ``v`` of a row whose maximum is ``m`` (float64 ``m``)."""
+
+
+@overload(shift, inline="always")
+def _shift(v, m):
+    if v == nbtypes.float32:
+        return lambda v, m: v - _F32(m)
+    return lambda v, m: np.float64(v) - m
+
+
+@overload(exp_shift, inline="always")
+def _exp_shift(v, m):
+    if v == nbtypes.float32:
+        return lambda v, m: exp_neg_f32(v - _F32(m))
+    return lambda v, m: exp(np.float64(v) - m)
+
+
+@_prim
+def _no_row(a):
+    # an empty 1-D C-contiguous view (``a[0:0, 0]`` would be strided and slow down the loops)
+    return a.reshape(-1)[:0]
+
+
+@_prim
+def _same(a, b):
+    return a.size > 0 and a.ctypes.data == b.ctypes.data
+
+
+@_exact
+def _add(a, b):
+    return a + b
+
+
+# -- single-row loops ---------------------------------------------------------------------------
+
+
+@_prim
+def _max1(x):
+    # eight independent running maxima: a dependency chain of one compare per element would run
+    # at one element per cycle; these vectorise. NaN needs no care: exp(NaN - m) makes the row NaN.
+    n = x.size
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = x[0]
+    n8 = n - n % 8
+    for j in range(0, n8, 8):
+        m0 = max(m0, x[j])
+        m1 = max(m1, x[j + 1])
+        m2 = max(m2, x[j + 2])
+        m3 = max(m3, x[j + 3])
+        m4 = max(m4, x[j + 4])
+        m5 = max(m5, x[j + 5])
+        m6 = max(m6, x[j + 6])
+        m7 = max(m7, x[j + 7])
+    for j in range(n8, n):
+        m0 = max(m0, x[j])
+    return np.float64(max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7))))
+
+
+@_prim
+def _exp_sum1(x, m, e, pad):
+    """``sum_j exp(x_j - m)``, storing the terms in ``e`` unless it is empty (``e`` may be ``x``).
+
+    The main loops run over a multiple of ``VECTOR_CHUNK`` elements, which LLVM's vector loop then
+    covers completely (its scalar remainder never runs); the tail goes through ``pad`` (scratch of
+    length ``VECTOR_CHUNK``) filled with ``-inf``, whose exponential is 0.
+    """
+    n = x.size
+    nv = n - n % VECTOR_CHUNK
+    s = 0.0
+    if e.size == 0:
+        for j in range(nv):
+            s += exp_shift(x[j], m)
+    elif _same(x, e):  # one array: LLVM's alias check would send two aliasing ones to scalar code
+        for j in range(nv):
+            v = exp_shift(e[j], m)
+            e[j] = v
+            s += v
+    else:
+        for j in range(nv):
+            v = exp_shift(x[j], m)
+            e[j] = v
+            s += v
+    if nv < n:
+        pad[:] = -np.inf
+        pad[:n - nv] = x[nv:]
+        t = 0.0
+        for k in range(VECTOR_CHUNK):
+            v = exp_shift(pad[k], m)
+            pad[k] = v
+            t += v
+        s = _add(s, t)
+        if e.size:
+            e[nv:] = pad[:n - nv]
+    return s
+
+
+@_prim
+def _sum1(e):
+    s = 0.0
+    for j in range(e.size):
+        s += np.float64(e[j])
+    return s
+
+
+@_prim
+def _dot1(x, t, w, m):
+    # sum_j t_j w_j (x_j - m); empty t or w read as ones
+    s = 0.0
+    if t.size and w.size:
+        for j in range(x.size):
+            s += np.float64(t[j]) * w[j] * (np.float64(x[j]) - m)
+    elif t.size:
+        for j in range(x.size):
+            s += np.float64(t[j]) * (np.float64(x[j]) - m)
+    elif w.size:
+        for j in range(x.size):
+            s += w[j] * (np.float64(x[j]) - m)
+    else:
+        for j in range(x.size):
+            s += np.float64(x[j]) - m
+    return s
+
+
+@_prim
+def _xlogx1(t):
+    s = 0.0
+    for j in range(t.size):
+        v = np.float64(t[j])
+        s += v * log(v) if v != 0.0 else 0.0
+    return s
+
+
+@_prim
+def _scale1(g, c):
+    for j in range(g.size):
+        g[j] = g[j] * c
+
+
+@_prim
+def _scale_add1(g, c, a, t, b, w):
+    # g_j <- c g_j + (a t_j + b) w_j; empty t contributes a t_j = 0, empty w reads as ones
+    if t.size and w.size:
+        for j in range(g.size):
+            g[j] = c * g[j] + (a * t[j] + b) * w[j]
+    elif t.size:
+        for j in range(g.size):
+            g[j] = c * g[j] + (a * t[j] + b)
+    elif w.size:
+        for j in range(g.size):
+            g[j] = c * g[j] + b * w[j]
+    else:
+        for j in range(g.size):
+            g[j] = c * g[j] + b
+
+
+# -- block primitives (rows of a C-contiguous 2-D block) -----------------------------------------
+#
+# Reductions over a row longer than SEGMENT add up per-piece results in piece order, exactly as the
+# split twins do, so a row's result does not depend on whether its pieces ran in parallel (and the
+# driver may choose between the two by the number of threads without changing a bit).
+
+
+@_prim
+def row_max(x):
+    """Maximum of each row (float64); kernels use it only as the shift of a stable log-sum-exp.
+
+    Like every primitive, a row's result depends on that row alone, never on the other rows of its
+    block (so per-sample losses do not change with how a batch is cut into blocks or chunks).
+    """
+    nr, nc = x.shape
+    m = np.empty(nr)
+    if nc < SHORT_ROW:
+        for r in range(nr):
+            xr = x[r]
+            mr = xr[0]
+            for j in range(1, nc):
+                mr = max(mr, xr[j])
+            m[r] = mr
+        return m
+    for r in range(nr):
+        m[r] = _max1(x[r])
+    return m
+
+
+@_prim
+def _exp_sum_pieces(x, m, e, pad):
+    nc = x.size
+    s = 0.0
+    for lo in range(0, nc, SEGMENT):
+        hi = min(lo + SEGMENT, nc)
+        s = _add(s, _exp_sum1(x[lo:hi], m, e[lo:hi] if e.size else e, pad))
+    return s
+
+
+@_prim
+def _exp_flat(flat):
+    """``flat_k <- exp(flat_k)`` for arguments ``<= 0``, over a multiple of ``VECTOR_CHUNK`` and then
+    the tail through a padded chunk (padding exp(0) = 1, discarded). Element by element: a row's
+    terms do not depend on where the row sits in the block."""
+    n = flat.size
+    nv = n - n % VECTOR_CHUNK
+    for k in range(nv):
+        flat[k] = exp_shift(flat[k], 0.0)
+    if nv < n:
+        pad = np.zeros(VECTOR_CHUNK, flat.dtype)
+        pad[:n - nv] = flat[nv:]
+        for k in range(VECTOR_CHUNK):
+            pad[k] = exp_shift(pad[k], 0.0)
+        flat[nv:] = pad[:n - nv]
+
+
+@_prim
+def exp_sum(x, m, e):
+    """``s_r = sum_j exp(x_rj - m_r)``; also stores ``e_rj = exp(x_rj - m_r)`` when ``e`` is not empty.
+
+    ``e`` may be ``x`` (in-place gradient). Rows shorter than ``SHORT_EXP`` are shifted row by row,
+    exponentiated in one flat pass over the block and then summed row by row.
+    """
+    nr, nc = x.shape
+    s = np.empty(nr)
+    if nc >= SHORT_EXP:
+        pad = np.empty(VECTOR_CHUNK, x.dtype)
+        for r in range(nr):
+            s[r] = _exp_sum_pieces(x[r], m[r], e[r] if e.size else _no_row(e), pad)
+        return s
+    buf = e if e.size else np.empty_like(x)
+    for r in range(nr):
+        xr = x[r]
+        br = buf[r]
+        mr = m[r]
+        for j in range(nc):
+            br[j] = shift(xr[j], mr)
+    _exp_flat(buf.reshape(-1))
+    for r in range(nr):
+        s[r] = _sum1(buf[r])
+    return s
+
+
+@_prim
+def gather(x, y):
+    """``x[r, y_r]`` for every row, as float64."""
+    out = np.empty(x.shape[0])
+    for r in range(x.shape[0]):
+        out[r] = x[r, y[r]]
+    return out
+
+
+@_prim
+def dot(x, t, w, m):
+    """``sum_j t_rj w_j (x_rj - m_r)`` per row (empty ``t`` or ``w``: ones)."""
+    nr, nc = x.shape
+    out = np.empty(nr)
+    for r in range(nr):
+        xr = x[r]
+        tr = t[r] if t.size else _no_row(t)
+        s = 0.0
+        for lo in range(0, nc, SEGMENT):
+            hi = min(lo + SEGMENT, nc)
+            s = _add(s, _dot1(xr[lo:hi], tr[lo:hi] if t.size else tr, w[lo:hi] if w.size else w, m[r]))
+        out[r] = s
+    return out
+
+
+@_prim
+def row_sum(t):
+    """``sum_j t_rj`` per row."""
+    nr, nc = t.shape
+    out = np.empty(nr)
+    for r in range(nr):
+        s = 0.0
+        for lo in range(0, nc, SEGMENT):
+            s = _add(s, _sum1(t[r, lo:min(lo + SEGMENT, nc)]))
+        out[r] = s
+    return out
+
+
+@_prim
+def xlogx(t):
+    """``sum_j t_rj log t_rj`` per row, with ``0 log 0 = 0`` (negative entries give NaN)."""
+    nr, nc = t.shape
+    out = np.empty(nr)
+    for r in range(nr):
+        s = 0.0
+        for lo in range(0, nc, SEGMENT):
+            s = _add(s, _xlogx1(t[r, lo:min(lo + SEGMENT, nc)]))
+        out[r] = s
+    return out
+
+
+@_prim
+def scale_rows(g, c):
+    """``g_rj <- c_r g_rj``."""
+    for r in range(g.shape[0]):
+        _scale1(g[r], c[r])
+
+
+@_prim
+def scale_add(g, c, a, t, b, w):
+    """``g_rj <- c_r g_rj + (a t_rj + b) w_j`` (empty ``t``: the ``a`` term vanishes; empty ``w``: ones)."""
+    for r in range(g.shape[0]):
+        _scale_add1(g[r], c[r], a, t[r] if t.size else _no_row(t), b, w)
+
+
+@_prim
+def add_at(g, y, b):
+    """``g[r, y_r] += b_r``."""
+    for r in range(g.shape[0]):
+        g[r, y[r]] += b[r]
+
+
+# -- split twins: one row at a time, its pieces in parallel --------------------------------------
+
+
+@_prim
+def _pieces(n):
+    return (n + SEGMENT - 1) // SEGMENT
+
+
+@_split
+def _row_max_split(x):
+    nr, nc = x.shape
+    ns = _pieces(nc)
+    part = np.empty(nr * ns)
+    for k in prange(nr * ns):
+        r = k // ns
+        lo = (k - r * ns) * SEGMENT
+        part[k] = _max1(x[r, lo:min(lo + SEGMENT, nc)])
+    m = np.empty(nr)
+    for r in range(nr):
+        m[r] = _max1(part[r * ns:(r + 1) * ns])
+    return m
+
+
+@_prim
+def _combine(part, nr, ns):
+    # per-row sums of the pieces, in piece order (as the serial primitives add them)
+    out = np.empty(nr)
+    for r in range(nr):
+        s = 0.0
+        for k in range(ns):
+            s = _add(s, part[r * ns + k])
+        out[r] = s
+    return out
+
+
+@_split
+def _exp_sum_split(x, m, e):
+    nr, nc = x.shape
+    ns = _pieces(nc)
+    part = np.empty(nr * ns)
+    for k in prange(nr * ns):
+        r = k // ns
+        lo = (k - r * ns) * SEGMENT
+        hi = min(lo + SEGMENT, nc)
+        pad = np.empty(VECTOR_CHUNK, x.dtype)
+        part[k] = _exp_sum1(x[r, lo:hi], m[r], e[r, lo:hi] if e.size else _no_row(e), pad)
+    return _combine(part, nr, ns)
+
+
+@_split
+def _dot_split(x, t, w, m):
+    nr, nc = x.shape
+    ns = _pieces(nc)
+    part = np.empty(nr * ns)
+    for k in prange(nr * ns):
+        r = k // ns
+        lo = (k - r * ns) * SEGMENT
+        hi = min(lo + SEGMENT, nc)
+        part[k] = _dot1(x[r, lo:hi], t[r, lo:hi] if t.size else _no_row(t), w[lo:hi] if w.size else w, m[r])
+    return _combine(part, nr, ns)
+
+
+@_split
+def _row_sum_split(t):
+    nr, nc = t.shape
+    ns = _pieces(nc)
+    part = np.empty(nr * ns)
+    for k in prange(nr * ns):
+        r = k // ns
+        lo = (k - r * ns) * SEGMENT
+        part[k] = _sum1(t[r, lo:min(lo + SEGMENT, nc)])
+    return _combine(part, nr, ns)
+
+
+@_split
+def _xlogx_split(t):
+    nr, nc = t.shape
+    ns = _pieces(nc)
+    part = np.empty(nr * ns)
+    for k in prange(nr * ns):
+        r = k // ns
+        lo = (k - r * ns) * SEGMENT
+        part[k] = _xlogx1(t[r, lo:min(lo + SEGMENT, nc)])
+    return _combine(part, nr, ns)
+
+
+@_split
+def _scale_rows_split(g, c):
+    nr, nc = g.shape
+    ns = _pieces(nc)
+    for k in prange(nr * ns):
+        r = k // ns
+        lo = (k - r * ns) * SEGMENT
+        _scale1(g[r, lo:min(lo + SEGMENT, nc)], c[r])
+
+
+@_split
+def _scale_add_split(g, c, a, t, b, w):
+    nr, nc = g.shape
+    ns = _pieces(nc)
+    for k in prange(nr * ns):
+        r = k // ns
+        lo = (k - r * ns) * SEGMENT
+        hi = min(lo + SEGMENT, nc)
+        _scale_add1(g[r, lo:hi], c[r], a, t[r, lo:hi] if t.size else _no_row(t), b, w[lo:hi] if w.size else w)
+
+
+#: The primitives a kernel may call (``R.<name>``), and their split twins.
+PRIMITIVES = {
+    "row_max": (row_max, _row_max_split),
+    "exp_sum": (exp_sum, _exp_sum_split),
+    "gather": (gather, gather),
+    "dot": (dot, _dot_split),
+    "row_sum": (row_sum, _row_sum_split),
+    "xlogx": (xlogx, _xlogx_split),
+    "scale_rows": (scale_rows, _scale_rows_split),
+    "scale_add": (scale_add, _scale_add_split),
+    "add_at": (add_at, add_at),
+}
+
+#: A stand-in for this module with every primitive replaced by its split twin.
+SPLIT = types.ModuleType(__name__ + ".split")
+SPLIT.__dict__.update({name: pair[1] for name, pair in PRIMITIVES.items()})

@@ -1,0 +1,184 @@
+"""CPU driver for rowwise losses: one value per sample from a reduction over the class axis.
+
+The driver is written once here and specialised per loss by :func:`fastloss._compile.specialise`,
+which binds ``_row_kernel`` to the loss's compiled block kernel (see :func:`row_kernel`).
+
+The kernel contract (what a rowwise ``LossSpec.kernel`` is)::
+
+    kernel(x, y, t, w, g, scale, loss, *params) -> None
+
+``x``
+    A block of logits rows, C-contiguous ``(rows, classes)``, float32 or float64. Read only,
+    except that ``g`` may be ``x`` itself (in-place gradient): read from ``x`` everything you need
+    before the first write to ``g``.
+``y``
+    int64 class index of each row (ignored rows arrive as class 0 and are zeroed afterwards), or an
+    empty array when the targets are probabilities.
+``t``
+    The probability-target rows ``(rows, classes)``, or an empty ``(0, classes)`` array.
+``w``
+    float64 per-class weights ``(classes,)``, or an empty array (no weights).
+``g``
+    The gradient rows to write, or an empty ``(0, classes)`` array when only the loss is wanted.
+``scale``
+    The factor that folds the reduction into the gradient (``1/n``, ``1/sum(w[y])`` or ``1``):
+    the kernel writes ``scale * d loss_r / d x_r``.
+``loss``
+    float64 ``(rows,)``: the kernel writes each row's loss (class weights included).
+``params``
+    The loss's hyper-parameters as floats.
+
+Kernels do per-row scalar math with :mod:`math` and leave every pass over the class axis to the
+row primitives of :mod:`fastloss._kernels.rowops` (imported as ``R``); plain loops are allowed too
+(they just do not run in parallel inside a row). Helper functions the kernel calls from its own
+module are compiled with it.
+
+Why the driver looks the way it does:
+
+* Rows are processed in blocks of ``max(1, CHUNK // classes)`` rows: many short rows share one
+  kernel call (so a 10-class problem runs its exponentials over full SIMD vectors), long rows get a
+  block each. Block losses are summed in float64 into ``partials``, then added in block order:
+  bit-identical for any number of threads.
+* For fewer rows than threads with a long class axis, the kernel is compiled a second time with
+  the split twins of the primitives (parallel over pieces of each row) and called from a serial
+  loop over rows. The serial primitives add long rows piece by piece in the same order, so the two
+  compilations give identical bits.
+* Reduction scaling is folded into the gradient store; ``mean`` costs no extra pass.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+from numba import prange
+
+from .._compile import njit
+from .._config import CHUNK, FASTMATH
+from . import rowops
+from .tuples import chunk_stats
+
+#: ``flags`` bits understood by the driver.
+NEED_GRAD = 1
+PER_ROW = 2
+NEED_STATS = 4
+
+
+def _row_kernel(*args):  # placeholder, rebound per loss by ``specialise``
+    raise NotImplementedError
+
+
+def rowwise_driver(x, y, t, w, g, loss_rows, params, scale, ignore_index, flags, partials, stats):
+    """Fused row losses and gradients over ``(n, classes)`` C-contiguous arrays.
+
+    Parameters
+    ----------
+    x : (n, classes) array
+        Logits.
+    y : (n,) int64 or empty
+        Class indices (validated: each in ``[0, classes)`` or equal to ``ignore_index``), or empty
+        for probability targets.
+    t : (n, classes) or (0, classes)
+        Probability targets, or empty.
+    w : (classes,) float64 or empty
+        Class weights.
+    g : (n, classes) or (0, classes)
+        Gradient output (may be ``x``), or empty when ``flags`` lacks ``NEED_GRAD``.
+    loss_rows : (n,) float64 or empty
+        Per-row losses for ``reduction="none"`` (when ``flags & PER_ROW``).
+    params : tuple of float
+        The kernel's hyper-parameters.
+    scale : float
+        Gradient factor of the reduction.
+    ignore_index : int
+        Rows whose class index equals it get zero loss and zero gradient.
+    partials : float64 array of ``nblocks(n, classes)``
+        Scratch for per-block sums.
+    stats : float64 array ``(nblocks(n, classes), 3)``
+        Per-block gradient statistics (when ``flags & NEED_STATS``).
+
+    Returns
+    -------
+    float
+        Sum of the row losses (float64).
+    """
+    n, nc = x.shape
+    rpb = max(1, CHUNK // nc)
+    nb = (n + rpb - 1) // rpb
+    has_index = y.size > 0
+    has_probs = t.shape[0] > 0
+    need_grad = (flags & NEED_GRAD) != 0
+    per_row = (flags & PER_ROW) != 0
+    need_stats = (flags & NEED_STATS) != 0
+    for b in prange(nb):
+        lo = b * rpb
+        hi = min(lo + rpb, n)
+        nr = hi - lo
+        gb = g[lo:hi] if need_grad else g
+        tb = t[lo:hi] if has_probs else t
+        yb = y[lo:hi] if has_index else y
+        nignored = 0
+        yk = np.zeros(nr if has_index else 0, dtype=np.int64)
+        for i in range(yk.size):
+            if yb[i] == ignore_index:
+                nignored += 1
+            else:
+                yk[i] = yb[i]
+        lb = np.empty(nr)
+        _row_kernel(x[lo:hi], yk, tb, w, gb, scale, lb, *params)
+        if nignored:
+            for i in range(nr):
+                if yb[i] == ignore_index:
+                    lb[i] = 0.0
+                    if need_grad:
+                        gb[i, :] = 0.0
+        acc = 0.0
+        for i in range(nr):
+            acc += lb[i]
+        partials[b] = acc
+        if per_row:
+            loss_rows[lo:hi] = lb
+        if need_stats:
+            chunk_stats((gb.reshape(-1),), stats[b])
+    total = 0.0
+    for b in range(nb):
+        total += partials[b]
+    return total
+
+
+def nblocks(n: int, nc: int) -> int:
+    """Number of row blocks (and reduction partials) for ``n`` rows of ``nc`` classes."""
+    rpb = max(1, CHUNK // max(nc, 1))
+    return (n + rpb - 1) // rpb
+
+
+def row_kernel(func, *, split: bool = False):
+    """Compile a rowwise kernel and the helpers it calls from its own module.
+
+    With ``split=True`` the row primitives it uses (``R.<name>`` with ``R`` the
+    :mod:`~fastloss._kernels.rowops` module, or the primitives imported by name) are bound to
+    their parallel split twins instead.
+    """
+    twins = {id(pair[0]): pair[1] for pair in rowops.PRIMITIVES.values()}
+    compiled: dict[int, object] = {}
+
+    def build(f):
+        key = id(f)
+        if key not in compiled:
+            glb = dict(f.__globals__)
+            for name in f.__code__.co_names:
+                v = glb.get(name)
+                if v is rowops:
+                    glb[name] = rowops.SPLIT if split else rowops
+                elif split and id(v) in twins:
+                    glb[name] = twins[id(v)]
+                elif isinstance(v, types.FunctionType) and v.__module__ == f.__module__ and v is not f:
+                    glb[name] = build(v)
+            g = types.FunctionType(f.__code__, glb, f.__name__, f.__defaults__, f.__closure__)
+            g.__qualname__ = f.__qualname__
+            g.__module__ = f.__module__
+            compiled[key] = njit(g, cache=False, error_model="numpy", fastmath=set(FASTMATH))
+        return compiled[key]
+
+    return build(func)
+

@@ -1,0 +1,287 @@
+"""Host side of the rowwise kind: class axis, targets, labels, weights, buffers, then one driver call.
+
+A rowwise loss gives one value per sample from a reduction over the class axis (softmax cross
+entropy and its relatives). Its declaration says, in ``LossSpec.options``:
+
+``targets``
+    Which target forms it accepts: ``"index"`` (integer class indices, the logits' shape without
+    the class axis) and/or ``"probs"`` (class probabilities, the logits' shape). As in PyTorch the
+    dtype decides: integer targets are indices, floating targets are probabilities.
+``ignore_index``
+    ``True`` adds the ``ignore_index`` option (index targets equal to it are left out).
+``class_weight``
+    ``False`` for losses that take no per-class ``weight`` (default ``True``).
+``mean``
+    What ``reduction="mean"`` divides by for index targets: ``"weight"`` (PyTorch's
+    ``cross_entropy``: the summed class weights of the non-ignored targets, or their count) or
+    ``"rows"`` (the number of non-ignored samples, as ``multi_margin_loss``). Probability targets
+    always divide by the number of samples.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import numba
+import numpy as np
+
+from . import _config, _stats, _threading
+from ._compile import njit, specialise
+from ._kernels import rowops, rowwise_cpu
+from ._kinds import register_kind
+from ._spec import LossSpec, Param
+from ._validate import as_array, check_out, compute_dtype, overlaps
+
+_compile_lock = threading.Lock()
+
+
+@njit(nogil=True)
+def _check_labels(y, nc, ignore_index, use_ignore, w):
+    """First invalid label (or -1), number of non-ignored labels and their summed class weights."""
+    count = 0
+    wsum = 0.0
+    for i in range(y.size):
+        v = y[i]
+        if use_ignore and v == ignore_index:
+            continue
+        if v < 0 or v >= nc:
+            return i, count, wsum
+        count += 1
+        if w.size:
+            wsum += w[v]
+    return -1, count, wsum
+
+
+def _classes_last(a: np.ndarray, axis: int) -> np.ndarray:
+    """A view of ``a`` with ``axis`` moved last (``np.moveaxis`` costs 10 us even when it is a no-op)."""
+    return a if axis == a.ndim - 1 else np.moveaxis(a, axis, -1)
+
+
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _mode(n: int, nc: int) -> str:
+    """``"split"`` (parallel inside rows), ``"par"`` (parallel over rows) or ``"ser"``.
+
+    Rows go to threads whole unless that leaves more than a quarter of the threads' time idle
+    (e.g. 1 or 3 long rows on 2 threads, 8 on 16): then each row is split across all threads,
+    which costs a few parallel launches per row. The choice may depend on the thread count because
+    split and row-parallel runs give identical bits.
+    """
+    if n * nc < _config.PARALLEL_THRESHOLD:
+        return "ser"
+    if nc >= 2 * rowops.SEGMENT:
+        threads = numba.get_num_threads()
+        if n < 0.75 * threads * -(-n // threads):  # rows per thread, rounded up
+            return "split"
+    return "par"
+
+
+class RowwiseKind:
+    """Losses with one value per sample from a reduction over the class axis."""
+
+    name = "rowwise"
+
+    def __init__(self) -> None:
+        self._drivers: dict[tuple[str, str], Any] = {}
+        self._kernels: dict[tuple[str, bool], Any] = {}
+
+    def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
+        ps = []
+        if spec.options.get("ignore_index", False):
+            ps.append(Param("ignore_index", -100,
+                            "Class-index targets equal to this are left out of the loss, the mean and the gradient",
+                            type=int))
+        ps.append(Param("axis", -1, f"Axis of ``{spec.inputs[0].name}`` that holds the classes", type=int))
+        return tuple(ps)
+
+    def driver(self, spec: LossSpec, mode: str):
+        key = (spec.name, mode)
+        drv = self._drivers.get(key)
+        if drv is None:
+            with _compile_lock:
+                drv = self._drivers.get(key)
+                if drv is None:
+                    split = mode == "split"
+                    kernel = self._kernels.get((spec.name, split))
+                    if kernel is None:  # the serial and row-parallel drivers share one compiled kernel
+                        kernel = self._kernels[spec.name, split] = rowwise_cpu.row_kernel(spec.kernel, split=split)
+                    drv = specialise(
+                        rowwise_cpu.rowwise_driver,
+                        spec.name + ("__split" if split else ""),
+                        {"_row_kernel": kernel},
+                        parallel=mode == "par",
+                        hashed=(spec.kernel, *(f for pair in rowops.PRIMITIVES.values() for f in pair)),
+                        cache=spec.options.get("cache", True),
+                    )
+                    self._drivers[key] = drv
+        return drv
+
+    def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False):
+        name = spec.name
+        xname, tname = spec.inputs[0].name, spec.inputs[1].name
+        logits = as_array(name, xname, inputs[0])
+        target = as_array(name, tname, inputs[1])
+        if logits.ndim == 0:
+            raise ValueError(f"{name}: {xname} needs a class axis; got a 0-d array")
+        axis = params["axis"]
+        if not -logits.ndim <= axis < logits.ndim:
+            raise ValueError(f"{name}: axis {axis} is out of range for {xname} of shape {logits.shape}")
+        axis %= logits.ndim
+        nc = logits.shape[axis]
+        if nc == 0:
+            raise ValueError(f"{name}: the class axis (axis {axis}) of {xname} of shape {logits.shape} is empty")
+        lead = logits.shape[:axis] + logits.shape[axis + 1:]
+        n = math.prod(lead)
+        form = self._target_form(spec, logits, target, lead, axis)
+        dtype = compute_dtype(logits)
+
+        # -- class weights and labels (all checks before any kernel runs) --------------------
+        if weight is not None:
+            if not spec.options.get("class_weight", True):
+                raise TypeError(f"{name}: takes no class weights (weight=)")
+            warr = as_array(name, "weight", weight)
+            if warr.shape != (nc,):
+                raise ValueError(f"{name}: weight must hold one weight per class, shape ({nc},); got {warr.shape}")
+            w = np.ascontiguousarray(warr, dtype=np.float64)
+        else:
+            w = np.empty(0, np.float64)
+        use_ignore = "ignore_index" in params
+        ignore_index = int(params["ignore_index"]) if use_ignore else -1
+        if form == "index":
+            yflat = np.ascontiguousarray(target).reshape(-1)
+            bad, count, wsum = _check_labels(yflat, nc, ignore_index, use_ignore, w)
+            if bad >= 0:
+                where = ", ".join(map(str, np.unravel_index(bad, target.shape))) if target.ndim else ""
+                also = f" or ignore_index={ignore_index}" if use_ignore else ""
+                raise ValueError(
+                    f"{name}: {tname}[{where}] = {yflat[bad]} is not a class index in [0, {nc}){also}"
+                )
+            y = yflat.astype(np.int64, copy=False)
+            if w.size and spec.options.get("mean", "weight") == "weight":
+                denom = wsum
+            else:
+                denom = float(count)
+        else:
+            y = np.empty(0, np.int64)
+            denom = float(n)
+        scale = 1.0
+        if reduction == "mean":
+            scale = 1.0 / denom if denom != 0.0 else math.inf  # 0 samples or weights: NaN mean, as PyTorch
+        # Parameters whose per-row terms are averaged over the counted rows, not the class weights
+        # (cross entropy's z-loss): under a weighted mean the kernel sees them times denom / count,
+        # so that sum(rows) / denom adds their plain mean (and "none"/"sum" see them unchanged).
+        per_token = spec.options.get("token_mean_params", ())
+        if per_token and reduction == "mean" and form == "index" and denom != float(count) and count:
+            params = {**params, **{k: params[k] * (denom / count) for k in per_token}}
+
+        # -- rows: (n, classes) C-contiguous, copying only when the layout or dtype requires it --
+        xm = _classes_last(logits, axis)
+        x2 = np.ascontiguousarray(xm, dtype=dtype).reshape(n, nc)
+        private = not np.may_share_memory(x2, logits)
+        if form == "probs":
+            t2 = np.ascontiguousarray(_classes_last(target, axis), dtype=dtype).reshape(n, nc)
+        else:
+            t2 = np.empty((0, nc), dtype)
+        gdtype = logits.dtype if logits.dtype.kind == "f" else np.dtype(np.float64)
+        direct = None
+        if need_grad:
+            if out is not None:
+                forbidden = [(tname, target)]
+                if isinstance(weight, np.ndarray):
+                    forbidden.append(("weight", weight))
+                out = check_out(name, "out", out, logits.shape, gdtype, forbidden)
+                om = _classes_last(out, axis)
+                if out.dtype == dtype and om.flags.c_contiguous:
+                    direct = om.reshape(n, nc)
+                    same = _address(direct) == _address(x2) and direct.strides == x2.strides
+                    if not same and overlaps(direct, x2):
+                        x2 = x2.copy()  # out overlaps the logits without being them: read a copy
+                        private = True
+            if direct is not None:
+                g2 = direct
+            elif private:
+                g2 = x2  # our own copy of the logits: the gradient overwrites it
+            else:
+                g2 = np.empty((n, nc), dtype)
+        else:
+            g2 = np.empty((0, nc), dtype)
+
+        per_row = need_value and reduction == "none"
+        loss_rows = np.empty(n if per_row else 0)
+        flags = (
+            (rowwise_cpu.NEED_GRAD if need_grad else 0)
+            | (rowwise_cpu.PER_ROW if per_row else 0)
+            | (rowwise_cpu.NEED_STATS if stats else 0)
+        )
+        nb = rowwise_cpu.nblocks(n, nc)
+        stat_rows = _stats.empty_partials(nb if stats else 0)
+        total = 0.0
+        if n:
+            mode = _mode(n, nc)
+            drv = self.driver(spec, mode)
+            partials = np.empty(nb, dtype=np.float64)
+            args = (x2, y, t2, w, g2, loss_rows, spec.kernel_params(params), scale, ignore_index,
+                    flags, partials, stat_rows)
+            if mode == "ser":
+                total = drv(*args)
+            else:
+                with _threading.guard():
+                    total = drv(*args)
+
+        value = None
+        if need_value:
+            out_dtype = logits.dtype if logits.dtype.kind == "f" else np.dtype(np.float64)
+            if reduction == "none":
+                value = loss_rows.reshape(lead).astype(out_dtype, copy=False)
+            elif reduction == "sum":
+                value = out_dtype.type(total)
+            else:
+                value = out_dtype.type(total * scale) if n else out_dtype.type(np.nan)
+        grads = ()
+        if need_grad:
+            if g2 is direct:
+                grad = out
+            else:
+                full = g2.reshape(xm.shape)
+                if axis != logits.ndim - 1:
+                    full = np.moveaxis(full, -1, axis)
+                if out is not None:
+                    out[...] = full
+                    grad = out
+                else:
+                    grad = full.astype(gdtype, copy=False)
+            grads = (grad,)
+        if stats:
+            return value, grads, _stats.combine(stat_rows)
+        return value, grads
+
+    @staticmethod
+    def _target_form(spec, logits, target, lead, axis) -> str:
+        name = spec.name
+        xname, tname = spec.inputs[0].name, spec.inputs[1].name
+        allowed = spec.options.get("targets", ("index",))
+        is_index = target.dtype.kind in "iu" and "index" in allowed
+        if not is_index and "probs" not in allowed:
+            raise TypeError(
+                f"{name}: {tname} must hold integer class indices, got dtype {target.dtype} "
+                "(cast with .astype(int))"
+            )
+        if is_index:
+            if target.shape != lead:
+                raise ValueError(
+                    f"{name}: class-index {tname} must have shape {lead} ({xname} {logits.shape} without "
+                    f"axis {axis}); got {target.shape}"
+                )
+            return "index"
+        if target.shape != logits.shape:
+            raise ValueError(
+                f"{name}: probability {tname} must have the shape of {xname} {logits.shape}; got {target.shape}"
+            )
+        return "probs"
+
+
+ROWWISE = register_kind(RowwiseKind())

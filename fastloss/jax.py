@@ -1,0 +1,178 @@
+"""JAX adapter: fastloss losses as ``jax.custom_vjp`` functions on CPU, via ``jax.pure_callback``.
+
+::
+
+    import jax
+    import fastloss.jax as flj
+
+    value, g = jax.value_and_grad(lambda p: flj.huber(p, target, delta=0.5))(pred)
+    step = jax.jit(jax.grad(lambda p: flj.wrap(my_custom_loss)(p, target)))
+
+Every registered loss is available as ``fastloss.jax.<name>``. The forward pass of the VJP calls
+the loss's fused ``value_and_grad`` once on the host (a ``pure_callback``, so it also runs inside
+``jax.jit``) and keeps the gradient as the residual; the backward pass only scales it by the
+cotangent (element by element, or row by row for rowwise losses, under ``reduction="none"``; only
+when a differentiable input was broadcast does the backward pass run the kernel once more, with
+the cotangent as per-element weights). Hyper-parameters, ``reduction`` and ``weight``
+are not differentiated (``weight`` may be an array); non-differentiable inputs (targets, labels)
+get a zero cotangent. Under ``jax.vmap`` the callback runs once per batch element.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+
+import jax
+import numpy as np
+
+from ._api import Loss
+from ._registry import REGISTRY
+
+__all__ = ["wrap"]
+
+
+def wrap(loss: Loss) -> Callable[..., jax.Array]:
+    """``loss`` as a differentiable JAX function (``jax.grad``, ``jax.jit``, ``jax.vmap``).
+
+    Parameters
+    ----------
+    loss : Loss
+        A registered or custom fastloss loss.
+
+    Returns
+    -------
+    callable
+        ``f(*inputs, **kwargs) -> jax.Array`` with ``loss``'s signature (without ``out=`` and
+        ``stats=``); gradients flow to the loss's differentiable inputs.
+    """
+    if not isinstance(loss, Loss):
+        raise TypeError(f"fastloss.jax.wrap expects a fastloss Loss, got {type(loss).__name__}")
+    name = loss.spec.name
+
+    def f(*args, **kwargs):
+        for k in ("out", "stats"):
+            if k in kwargs:
+                raise TypeError(f"fastloss.jax.{name}() does not take {k}=")
+        inputs, params, weight, reduction, _, _ = loss._bind(args, kwargs, with_out=False)
+        if reduction == "none" and loss.spec.kind not in ("pointwise", "rowwise"):
+            raise NotImplementedError(
+                f"fastloss.jax.{name}: reduction='none' is supported for pointwise and rowwise losses only"
+            )
+        present = tuple(k for k, x in enumerate(inputs) if x is not None)
+        fn = _vjp_function(loss, tuple(sorted(params.items())), reduction, present, weight is not None)
+        arrays = [jax.numpy.asarray(inputs[k]) for k in present]
+        if weight is not None:
+            arrays.append(jax.numpy.asarray(weight))
+        return fn(*arrays)
+
+    f.__name__ = f.__qualname__ = name
+    f.__doc__ = f"JAX (custom_vjp) wrapper of :func:`fastloss.{name}`.\n\n{loss.__doc__}"
+    f.__signature__ = loss.__signature__
+    f.__wrapped__ = loss
+    return f
+
+
+@cache
+def _vjp_function(loss: Loss, params: tuple, reduction: str, present: tuple[int, ...], weighted: bool):
+    """A ``custom_vjp`` function of the present inputs (and the weight, last) for fixed keywords."""
+    kw = dict(params)
+    kind = loss.spec.kind
+    diff = [j for j, k in enumerate(present) if loss.spec.inputs[k].differentiable]
+    n_inputs = len(present)
+
+    def call_args(arrays):
+        args = [None] * len(loss.spec.inputs)
+        for j, k in enumerate(present):
+            args[k] = np.asarray(arrays[j])
+        return args, (np.asarray(arrays[-1]) if weighted else None)
+
+    def value_type(arrays) -> jax.ShapeDtypeStruct:
+        x = arrays[0]
+        dtype = x.dtype if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) else jax.numpy.result_type(float)
+        if reduction != "none":
+            shape = ()
+        elif kind == "rowwise":  # one value per row: the class axis goes
+            shape = tuple(d for i, d in enumerate(x.shape) if i != kw["axis"] % x.ndim)
+        else:
+            shape = np.broadcast_shapes(*(a.shape for a in arrays[:n_inputs]))
+        return jax.ShapeDtypeStruct(shape, dtype)
+
+    def grad_types(arrays):
+        return tuple(jax.ShapeDtypeStruct(arrays[j].shape, arrays[j].dtype) for j in diff)
+
+    def cast(results, types):
+        return tuple(np.asarray(r, dtype=t.dtype).reshape(t.shape) for r, t in zip(results, types))
+
+    def host_value(*arrays):
+        args, weight = call_args(arrays)
+        return loss(*args, **kw, weight=weight, reduction=reduction)
+
+    def host_value_and_grad(*arrays):
+        args, weight = call_args(arrays)
+        value, grads = loss.value_and_grad(*args, **kw, weight=weight, reduction=reduction)
+        return (value, *(grads if isinstance(grads, tuple) else (grads,)))
+
+    def host_weighted_grad(cotangent, *arrays):
+        args, weight = call_args(arrays)
+        w = np.asarray(cotangent, dtype=np.float64) if weight is None else np.asarray(cotangent) * weight
+        grads = loss.grad(*args, **kw, weight=w, reduction="sum")
+        return grads if isinstance(grads, tuple) else (grads,)
+
+    def recompute(arrays) -> bool:
+        """Whether the backward pass must run the kernel again (a broadcast input under "none")."""
+        if reduction != "none" or kind != "pointwise":
+            return False
+        shape = value_type(arrays).shape
+        return any(arrays[j].shape != shape for j in diff)
+
+    @jax.custom_vjp
+    def fn(*arrays):
+        t = value_type(arrays)
+        return jax.pure_callback(
+            lambda *a: np.asarray(host_value(*a), dtype=t.dtype).reshape(t.shape), t, *arrays,
+            vmap_method="sequential",
+        )
+
+    def fwd(*arrays):
+        if recompute(arrays):
+            return fn(*arrays), ((), arrays)
+        # "none" still gives the gradient of the sum: per element or per row, scaled in bwd
+        types = (value_type(arrays), *grad_types(arrays))
+        out = jax.pure_callback(
+            lambda *a: cast(host_value_and_grad(*a), types), types, *arrays, vmap_method="sequential"
+        )
+        return out[0], (tuple(out[1:]), arrays)
+
+    def bwd(residuals, cotangent):
+        grads, arrays = residuals
+        if recompute(arrays):  # decided by shapes alone, as in fwd
+            types = grad_types(arrays)
+            grads = jax.pure_callback(
+                lambda c, *a: cast(host_weighted_grad(c, *a), types), types, cotangent, *arrays,
+                vmap_method="sequential",
+            )
+        else:
+            if reduction == "none" and kind == "rowwise":
+                cotangent = jax.numpy.expand_dims(cotangent, kw["axis"] % arrays[0].ndim)
+            grads = tuple(g * cotangent.astype(g.dtype) for g in grads)
+        by_position = dict(zip(diff, grads))
+        return tuple(by_position.get(j) for j in range(n_inputs + int(weighted)))
+
+    fn.defvjp(fwd, bwd)
+    return fn
+
+
+@cache
+def _registered(name: str) -> Callable[..., jax.Array]:
+    return wrap(REGISTRY[name])
+
+
+def __getattr__(name: str):
+    if name in REGISTRY:
+        return _registered(name)
+    raise AttributeError(f"module 'fastloss.jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *REGISTRY])

@@ -1,0 +1,533 @@
+"""Multiclass losses on logits: one value per sample from a reduction over the class axis.
+
+Kernels follow the rowwise contract of :mod:`fastloss._kernels.rowwise_cpu`: they receive a block
+of rows and write each row's loss (and, when ``g`` is not empty, ``scale`` times its gradient).
+Passes over the class axis go through the row primitives ``R``; what is written here is the
+per-row scalar math, with the vectorisable ``exp``/``log`` of :mod:`fastloss._kernels.mathfn` so
+that the per-row loops of a block of short rows vectorise too. Remember that ``g`` may be ``x``:
+every read of ``x`` comes first.
+
+Softmax losses of a class-index target are functions of ``L = log p_y = x_y - logsumexp(x)``:
+with ``loss = w_y psi(L)`` and ``dL/dx_j = [j = y] - p_j`` the gradient is
+``w_y psi'(L) ([j = y] - p_j)``, written by :func:`_target_grad` from ``g = exp(x - m)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._kernels import rowops as R
+from .._kernels.mathfn import exp, expm1, log, tanh
+from .._registry import register
+from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
+
+LOGITS = Input("logits", "Unnormalised class scores; the classes lie along ``axis``.", differentiable=True)
+TARGET = Input(
+    "target",
+    "Class indices (integers, the shape of ``logits`` without the class axis) or class probabilities "
+    "(floats, the shape of ``logits``).",
+    Interval(0.0, math.inf),
+)
+INDEX_TARGET = Input("target", "Class indices (integers, the shape of ``logits`` without the class axis).",
+                     Interval(0.0, math.inf))
+PROB_TARGET = Input("target", "Target class probabilities (the shape of ``logits``; zeros allowed).",
+                    Interval(0.0, 1.0))
+
+
+def _weight_doc(divides: str, soft: bool) -> str:
+    soft_doc = ("\n    With probability targets or label smoothing, the term of class ``j`` is weighted by\n"
+                "    ``weight[j]``.") if soft else ""
+    return (
+        "weight : array_like, optional\n"
+        "    One weight per class, shape ``(classes,)`` (PyTorch's ``weight``): a sample with class index\n"
+        f"    ``y`` counts ``weight[y]`` times.{soft_doc} {divides}"
+    )
+
+
+_REDUCTION_DOC = """\
+reduction : {"mean", "sum", "none"}, default "mean"
+    ``"mean"``: the sum of the per-sample losses divided by the summed class weights of the
+    non-ignored targets (their count without ``weight``; the number of samples for probability
+    targets), as PyTorch; a batch whose targets are all ignored has a NaN mean. ``"sum"``: the sum;
+    ``"none"``: per-sample losses, shaped like ``logits`` without the class axis. Gradients are
+    those of the reduced loss."""
+
+_ROWS_REDUCTION_DOC = """\
+reduction : {"mean", "sum", "none"}, default "mean"
+    ``"mean"``: the sum of the per-sample losses divided by the number of samples; ``"sum"``: the
+    sum; ``"none"``: per-sample losses, shaped like ``logits`` without the class axis. Gradients are
+    those of the reduced loss."""
+
+
+def _options(targets=("index",), ignore_index=True, class_weight=True, mean="weight"):
+    weight_doc = None
+    if class_weight:
+        weight_doc = _weight_doc(
+            "The weighted mean divides by the summed weights of the non-ignored targets."
+            if mean == "weight" else "The mean still divides by the number of samples.",
+            soft="probs" in targets,
+        )
+    return {
+        "targets": targets,
+        "ignore_index": ignore_index,
+        "class_weight": class_weight,
+        "mean": mean,
+        "weight_doc": weight_doc,
+        "reduction_doc": _REDUCTION_DOC if mean == "weight" else _ROWS_REDUCTION_DOC,
+    }
+
+
+# -- shared pieces of the softmax kernels -------------------------------------------------------
+
+
+def _log_p_target(x, y, w, g):
+    """``log p_y`` and the class weight ``w_y`` per row, and the row sums ``s``; ``g <- exp(x - m)``
+    when ``g`` is not empty."""
+    nr = x.shape[0]
+    xy = R.gather(x, y)
+    m = R.row_max(x)
+    s = R.exp_sum(x, m, g)
+    logp = np.empty(nr)
+    for r in range(nr):
+        # <= 0 in exact arithmetic; rounding of the sum must not make 1 - p_y negative
+        logp[r] = min((xy[r] - m[r]) - log(s[r]), 0.0)
+    wy = np.ones(nr)
+    if w.size:  # a loop of its own: a conditional load would keep the loops above scalar
+        for r in range(nr):
+            wy[r] = w[y[r]]
+    return logp, s, wy
+
+
+def _target_grad(g, y, s, wy, scale, dpsi):
+    """``g <- scale w_y psi'(L) ([j = y] - p_j)`` from ``g = exp(x - m)`` and the row sums ``s``."""
+    nr = g.shape[0]
+    c = np.empty(nr)
+    b = np.empty(nr)
+    for r in range(nr):
+        k = scale * wy[r] * dpsi[r]
+        c[r] = -k / s[r]
+        b[r] = k
+    R.scale_rows(g, c)
+    R.add_at(g, y, b)
+
+
+# -- cross entropy ------------------------------------------------------------------------------
+
+
+def _softcap(x, cap):
+    """``cap tanh(x / cap)`` in the dtype of ``x`` (a new block: ``x`` may be the gradient's buffer)."""
+    c = np.empty_like(x)
+    nr, nc = x.shape
+    inv = 1.0 / cap
+    for r in range(nr):
+        xr = x[r]
+        cr = c[r]
+        for j in range(nc):
+            cr[j] = cap * tanh(np.float64(xr[j]) * inv)
+    return c
+
+
+def _softcap_grad(g, c, cap):
+    """``g <- g (1 - tanh^2)`` with ``tanh = c / cap``: the chain rule through the cap."""
+    nr, nc = g.shape
+    inv = 1.0 / cap
+    for r in range(nr):
+        gr = g[r]
+        cr = c[r]
+        for j in range(nc):
+            u = np.float64(cr[j]) * inv
+            gr[j] = gr[j] * (1.0 - u * u)
+
+
+def _cross_entropy(x, y, t, w, g, scale, loss, label_smoothing, z_loss, softcap):
+    # softcap > 0: the softmax sees c = softcap tanh(x / softcap) (0.0 is "off", the kernel value
+    # of None); everything below runs on c, and the gradient is multiplied by 1 - tanh^2 at the end.
+    # z_loss: z lse^2 per row (not class weighted; see the spec), gradient 2 z lse softmax.
+    if softcap > 0.0:
+        c = _softcap(x, softcap)
+        _cross_entropy_core(c, y, t, w, g, scale, loss, label_smoothing, z_loss)
+        if g.shape[0]:
+            _softcap_grad(g, c, softcap)
+    else:
+        _cross_entropy_core(x, y, t, w, g, scale, loss, label_smoothing, z_loss)
+
+
+def _cross_entropy_core(x, y, t, w, g, scale, loss, label_smoothing, z_loss):
+    nr, nc = x.shape
+    if y.size and label_smoothing == 0.0:
+        xy = R.gather(x, y)
+        m = R.row_max(x)
+        s = R.exp_sum(x, m, g)
+        c = np.empty(nr)
+        b = np.empty(nr)
+        for r in range(nr):
+            ls = log(s[r])  # lse - m
+            wy = w[y[r]] if w.size else 1.0
+            lse = m[r] + ls
+            # <= 0 in exact arithmetic, as in _log_p_target
+            loss[r] = -wy * min((xy[r] - m[r]) - ls, 0.0) + z_loss * lse * lse
+            c[r] = scale * (wy + 2.0 * z_loss * lse) / s[r]
+            b[r] = -scale * wy
+        if g.shape[0]:
+            R.scale_rows(g, c)
+            R.add_at(g, y, b)
+        return
+    # Label smoothing and/or probability targets. With t' = (1 - eps) t + eps / C (t one-hot for
+    # class indices) the loss is sum_j w_j t'_j (lse - x_j) and its gradient
+    # (sum_k w_k t'_k) p_j - w_j t'_j. Sums are taken of x - m to keep lse - x small.
+    eps = label_smoothing
+    wtot = 0.0
+    for j in range(w.size):
+        wtot += w[j]
+    if not w.size:
+        wtot = float(nc)
+    none = t[:0]
+    m = R.row_max(x)
+    zero = np.zeros(nr)
+    sx = R.dot(x, none, w, m) if eps > 0.0 else zero  # sum_j w_j (x_j - m)
+    if y.size:
+        xy = R.gather(x, y)
+        stx = zero
+        swt = zero
+    else:
+        xy = zero
+        stx = R.dot(x, t, w, m)  # sum_j w_j t_j (x_j - m)
+        swt = R.dot(t, none, w, zero)  # sum_j w_j t_j
+    s = R.exp_sum(x, m, g)
+    c = np.empty(nr)
+    b = np.empty(nr)
+    for r in range(nr):
+        ls = log(s[r])  # lse - m
+        if y.size:
+            wy = w[y[r]] if w.size else 1.0
+            a = (1.0 - eps) * wy + eps * wtot / nc
+            loss[r] = (1.0 - eps) * wy * (ls - (xy[r] - m[r])) + eps / nc * (wtot * ls - sx[r])
+            b[r] = -scale * (1.0 - eps) * wy
+        else:
+            a = (1.0 - eps) * swt[r] + eps * wtot / nc
+            loss[r] = a * ls - ((1.0 - eps) * stx[r] + eps / nc * sx[r])
+        lse = m[r] + ls
+        loss[r] += z_loss * lse * lse
+        c[r] = scale * (a + 2.0 * z_loss * lse) / s[r]
+    if g.shape[0]:
+        if y.size:
+            R.scale_add(g, c, 0.0, none, -scale * eps / nc, w)
+            R.add_at(g, y, b)
+        else:
+            R.scale_add(g, c, -scale * (1.0 - eps), t, -scale * eps / nc, w)
+
+
+cross_entropy = register(LossSpec(
+    name="cross_entropy",
+    kind="rowwise",
+    kernel=_cross_entropy,
+    inputs=(LOGITS, TARGET),
+    params=(Param("label_smoothing", 0.0, "Weight of the uniform distribution mixed into the target",
+                  Interval(0.0, 1.0), special=(1.0,)),
+            Param("z_loss", 0.0, "PaLM z-loss coefficient: ``z_loss * logsumexp(logits)**2`` is added per "
+                  "(non-ignored) sample, not class weighted; the mean averages it over the non-ignored "
+                  "samples even with ``weight``", Interval(0.0, math.inf)),
+            Param("softcap", None, "Logit soft-capping (Gemma 2 / Grok style): the softmax sees "
+                  "``softcap * tanh(logits / softcap)``; None: off", Interval(0.0, math.inf, (False, True)),
+                  optional=True)),
+    summary="Softmax cross entropy of logits and class indices or class probabilities.",
+    formula=r"\ell_i = \sum_j w_j\, t'_{ij} \left(\log \sum_k e^{x_{ik}} - x_{ij}\right),\quad "
+            r"t'_{ij} = (1 - \varepsilon)\, t_{ij} + \varepsilon / C"
+            "\n"
+            r"\text{(class index } y_i\text{: } t_{ij} = [j = y_i]\text{, the } (1 - \varepsilon) \text{ term weighted by } w_{y_i})",
+    gradient=r"\partial \ell_i / \partial x_{ij} = \Big(\sum_k w_k t'_{ik}\Big) \operatorname{softmax}(x_i)_j - w_j t'_{ij}",
+    reference="Shannon, C. E. (1948). A Mathematical Theory of Communication; label smoothing: Szegedy, C. et al. "
+              "(2016). Rethinking the Inception Architecture for Computer Vision. CVPR.",
+    equivalents={"PyTorch": "torch.nn.functional.cross_entropy",
+                 "optax": "optax.losses.softmax_cross_entropy_with_integer_labels / softmax_cross_entropy"},
+    semantics=("Matches ``torch.nn.functional.cross_entropy`` for class-index and probability targets, "
+               "``weight``, ``ignore_index`` (index targets only), ``label_smoothing`` and their combinations: "
+               "with class indices the weighted mean divides by the summed weights of the non-ignored "
+               "targets (all ignored: NaN), with probabilities by the number of samples. The class axis is "
+               "``axis`` (PyTorch: dimension 1), so ``(batch, seq, vocab)`` logits need no transpose. "
+               "``value_and_grad(logits, y, out=logits)`` writes the gradient over the logits "
+               "(Liger-Kernel style) with no logits-sized temporary. ``z_loss`` (PaLM) adds "
+               "``z_loss * lse_i**2`` per sample, ``lse_i`` the log-sum-exp of the (capped) logits, without class "
+               "weights: the mean is ``CE_mean + z_loss * sum(lse_i**2) / n_kept`` with ``n_kept`` the number of "
+               "non-ignored samples (as the PyTorch composition ``F.cross_entropy(...) + z_loss * "
+               "(torch.logsumexp(logits[keep], 1)**2).mean()``; for logging, the z-loss part is that last term, "
+               "recomputable from ``logsumexp``). ``softcap`` replaces the logits by ``softcap * tanh(logits / "
+               "softcap)`` before everything else, z-loss included."),
+    properties=Properties("multiclass classification", "medium (log-loss grows linearly in the logit margin)",
+                          "bounded: softmax minus target", "classifiers, language models", "medium (one exp per logit)"),
+    example="""
+    >>> import numpy as np, fastloss as fl
+    >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+    >>> round(float(fl.cross_entropy(logits, np.array([0, 2]))), 6)
+    0.896378
+    >>> loss, g = fl.cross_entropy.value_and_grad(logits, np.array([0, -100]))
+    >>> round(float(loss), 6), g[1].tolist()
+    (0.241311, [0.0, 0.0, 0.0])
+    """,
+    options={**_options(targets=("index", "probs")), "token_mean_params": ("z_loss",)},
+))
+
+
+# -- softmax focal ------------------------------------------------------------------------------
+
+
+def _softmax_focal(x, y, t, w, g, scale, loss, gamma):
+    # psi(L) = -(1 - e^L)^gamma L,  psi'(L) = gamma (1 - p)^(gamma - 1) p L - (1 - p)^gamma
+    nr = x.shape[0]
+    logp, s, wy = _log_p_target(x, y, w, g)
+    d = np.empty(nr)
+    for r in range(nr):
+        lp = logp[r]
+        p = exp(lp)
+        u = -expm1(lp)  # 1 - p without cancellation near p = 1
+        ug = u ** gamma
+        loss[r] = -wy[r] * ug * lp
+        # u -> 0: gamma u^(gamma-1) p L ~ -gamma u^gamma -> 0 (also for gamma < 1)
+        d[r] = (gamma * u ** (gamma - 1.0) * p * lp if u > 0.0 else 0.0) - ug
+    if g.shape[0]:
+        _target_grad(g, y, s, wy, scale, d)
+
+
+softmax_focal = register(LossSpec(
+    name="softmax_focal",
+    kind="rowwise",
+    kernel=_softmax_focal,
+    inputs=(LOGITS, INDEX_TARGET),
+    params=(Param("gamma", 2.0, "Focusing exponent (0: cross entropy)", Interval(0.0, math.inf), special=(0.0, 0.5)),),
+    summary="Softmax focal loss: cross entropy down-weighted on well-classified samples.",
+    formula=r"\ell_i = -w_{y_i} (1 - p_{i y_i})^{\gamma} \log p_{i y_i},\quad p_i = \operatorname{softmax}(x_i)",
+    gradient=r"\partial \ell_i / \partial x_{ij} = w_{y_i} \left[\gamma (1 - p_y)^{\gamma - 1} p_y \log p_y"
+             r" - (1 - p_y)^{\gamma}\right] \left([j = y_i] - p_{ij}\right)",
+    reference="Lin, T.-Y., Goyal, P., Girshick, R., He, K., Dollár, P. (2017). Focal Loss for Dense Object Detection. ICCV.",
+    equivalents={"PyTorch (composition)": "F.nll_loss((1 - logp.exp()) ** gamma * logp, target, weight=weight, "
+                                          "ignore_index=ignore_index) with logp = F.log_softmax(logits, dim)"},
+    semantics=("Equals the PyTorch composition above, including its weighted mean (divided by the summed class "
+               "weights of the non-ignored targets); ``gamma=0`` is cross entropy."),
+    properties=Properties("multiclass classification", "low (easy samples down-weighted)",
+                          "vanishes on well-classified samples", "dense detection, class imbalance", "medium"),
+    example="""
+    >>> import numpy as np, fastloss as fl
+    >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+    >>> round(float(fl.softmax_focal(logits, np.array([0, 2]))), 6)
+    0.487298
+    """,
+    options=_options(),
+))
+
+
+# -- multiclass hinge ---------------------------------------------------------------------------
+
+
+def _hinge_sums(x, base, p):
+    """``(sum_j h_j^p, sum_j h'_j)`` over a slice, ``h_j = max(0, base + x_j)``, ``h'`` its p-th power's
+    derivative over ``p`` (1 or 0 for p = 1, ``h`` for p = 2).
+
+    ``not v <= 0`` rather than ``v > 0`` keeps a NaN score in the loss.
+    """
+    acc = 0.0
+    dsum = 0.0
+    for j in range(x.size):
+        v = base + np.float64(x[j])
+        h = v if not v <= 0.0 else 0.0
+        acc += h if p == 1.0 else h * h
+        dsum += (1.0 if v > 0.0 else 0.0) if p == 1.0 else h
+    return acc, dsum
+
+
+def _hinge_grad(x, g, base, p, k):
+    """``g_j = k p h_j^(p-1)`` (a pass of its own, free of sums: in place or not, the same bits)."""
+    for j in range(x.size):
+        v = base + np.float64(x[j])
+        h = v if not v <= 0.0 else 0.0
+        g[j] = (k if v > 0.0 else h) if p == 1.0 else 2.0 * k * h
+
+
+def _multiclass_hinge(x, y, t, w, g, scale, loss, margin, p):
+    # loss_i = w_y / C sum_{j != y} max(0, margin - x_y + x_j)^p; the classes before and after y
+    # are two slices, so that the excluded term never enters the sums
+    nr, nc = x.shape
+    for r in range(nr):
+        yr = y[r]
+        xr = x[r]
+        xy = np.float64(xr[yr])  # read before g (maybe x) is written
+        wy = w[yr] if w.size else 1.0
+        base = margin - xy
+        a1, d1 = _hinge_sums(xr[:yr], base, p)
+        a2, d2 = _hinge_sums(xr[yr + 1:], base, p)
+        loss[r] = wy * (a1 + a2) / nc
+        if g.shape[0]:
+            k = scale * wy / nc
+            gr = g[r]
+            _hinge_grad(xr[:yr], gr[:yr], base, p, k)
+            _hinge_grad(xr[yr + 1:], gr[yr + 1:], base, p, k)
+            gr[yr] = -(d1 + d2) * k * p
+
+
+def _hinge_safe(inputs, params, h):
+    x, y = np.asarray(inputs[0], dtype=float), np.asarray(inputs[1])
+    xy = np.take_along_axis(x, y[..., None], axis=-1)
+    return np.all(np.abs(params["margin"] - xy + x) > 4 * h, axis=-1)
+
+
+multiclass_hinge = register(LossSpec(
+    name="multiclass_hinge",
+    kind="rowwise",
+    kernel=_multiclass_hinge,
+    inputs=(Input("scores", "Class scores; the classes lie along ``axis``.", differentiable=True), INDEX_TARGET),
+    params=(
+        Param("margin", 1.0, "Margin", Interval(-math.inf, math.inf)),
+        Param("p", 1, "Exponent of the margin violations", Discrete((1.0, 2.0)), type=int),
+    ),
+    summary="Multiclass hinge loss (one-vs-rest margins summed over classes, as ``multi_margin_loss``).",
+    formula=r"\ell_i = \frac{w_{y_i}}{C} \sum_{j \ne y_i} \max(0,\ m - x_{i y_i} + x_{ij})^p",
+    gradient=r"\partial \ell_i / \partial x_{ij} = \frac{w_{y_i}}{C}\, p \max(0,\ m - x_{iy_i} + x_{ij})^{p-1}"
+             r"\ (j \ne y_i),\quad \partial \ell_i / \partial x_{iy_i} = -\sum_{j \ne y_i} \partial \ell_i / \partial x_{ij}",
+    reference="Weston, J., Watkins, C. (1999). Support Vector Machines for Multi-Class Pattern Recognition. ESANN.",
+    equivalents={"PyTorch": "torch.nn.functional.multi_margin_loss"},
+    semantics=("Matches ``torch.nn.functional.multi_margin_loss`` (``p`` in {1, 2}, ``weight`` multiplies sample "
+               "``i``'s terms by ``weight[y_i]`` and the mean divides by the number of samples). At a margin "
+               "violation of exactly 0 the gradient is 0, as in PyTorch."),
+    properties=Properties("multiclass classification", "low (linear)", "constant or zero (p = 1)",
+                          "multiclass SVMs, max-margin training", "low"),
+    fd_safe=_hinge_safe,
+    example="""
+    >>> import numpy as np, fastloss as fl
+    >>> scores = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+    >>> round(float(fl.multiclass_hinge(scores, np.array([0, 2]))), 6)
+    0.5
+    """,
+    options=_options(ignore_index=False, mean="rows"),
+))
+
+
+# -- KL divergence ------------------------------------------------------------------------------
+
+
+def _kl_divergence(x, y, t, w, g, scale, loss):
+    # KL(t || softmax(x)) = sum_j t_j log t_j - sum_j t_j (x_j - m) + (lse - m) sum_j t_j
+    nr = x.shape[0]
+    m = R.row_max(x)
+    stx = R.dot(x, t, w, m)
+    st = R.row_sum(t)
+    tlt = R.xlogx(t)
+    s = R.exp_sum(x, m, g)
+    c = np.empty(nr)
+    for r in range(nr):
+        loss[r] = tlt[r] - stx[r] + log(s[r]) * st[r]
+        c[r] = scale * st[r] / s[r]
+    if g.shape[0]:
+        R.scale_add(g, c, -scale, t, 0.0, w)
+
+
+kl_divergence = register(LossSpec(
+    name="kl_divergence",
+    kind="rowwise",
+    kernel=_kl_divergence,
+    inputs=(LOGITS, PROB_TARGET),
+    summary="Kullback-Leibler divergence KL(target || softmax(logits)) per sample.",
+    formula=r"\ell_i = \sum_j t_{ij} \left(\log t_{ij} - \log \operatorname{softmax}(x_i)_j\right),\quad 0 \log 0 = 0",
+    gradient=r"\partial \ell_i / \partial x_{ij} = \Big(\sum_k t_{ik}\Big) \operatorname{softmax}(x_i)_j - t_{ij}",
+    reference="Kullback, S., Leibler, R. A. (1951). On Information and Sufficiency. Ann. Math. Statist. 22(1); "
+              "distillation: Hinton, G., Vinyals, O., Dean, J. (2015). Distilling the Knowledge in a Neural Network.",
+    equivalents={"PyTorch": "torch.nn.functional.kl_div(F.log_softmax(logits, dim), target, reduction='batchmean')",
+                 "optax": "optax.losses.kl_divergence(jax.nn.log_softmax(logits), target)"},
+    semantics=("``reduction='mean'`` is PyTorch's ``'batchmean'`` for 2-D logits: the sum divided by the number of "
+               "samples (for more leading dimensions fastloss divides by all samples, PyTorch by the first "
+               "dimension only). Targets may contain zeros; no class weights."),
+    properties=Properties("distribution matching", "medium", "bounded: softmax minus target",
+                          "knowledge distillation, soft labels", "medium (one exp per logit, one log per target)"),
+    example="""
+    >>> import numpy as np, fastloss as fl
+    >>> logits = np.array([[2.0, 0.5, -1.0]])
+    >>> round(float(fl.kl_divergence(logits, np.array([[0.5, 0.5, 0.0]]))), 6)
+    0.298164
+    """,
+    options=_options(targets=("probs",), ignore_index=False, class_weight=False, mean="rows"),
+))
+
+
+# -- generalised cross entropy ------------------------------------------------------------------
+
+
+def _generalized_cross_entropy(x, y, t, w, g, scale, loss, q):
+    # psi(L) = (1 - e^(q L)) / q,  psi'(L) = -e^(q L) = -p_y^q
+    nr = x.shape[0]
+    logp, s, wy = _log_p_target(x, y, w, g)
+    d = np.empty(nr)
+    for r in range(nr):
+        loss[r] = -wy[r] * expm1(q * logp[r]) / q
+        d[r] = -exp(q * logp[r])
+    if g.shape[0]:
+        _target_grad(g, y, s, wy, scale, d)
+
+
+generalized_cross_entropy = register(LossSpec(
+    name="generalized_cross_entropy",
+    kind="rowwise",
+    kernel=_generalized_cross_entropy,
+    inputs=(LOGITS, INDEX_TARGET),
+    params=(Param("q", 0.7, "Box-Cox exponent: q -> 0 is cross entropy, q = 1 is MAE on probabilities",
+                  Interval(0.0, 1.0, (False, True)), special=(1.0,)),),
+    summary="Generalised cross entropy (the L_q loss on the target probability), robust to noisy labels.",
+    formula=r"\ell_i = w_{y_i}\, \frac{1 - p_{i y_i}^{\,q}}{q},\quad p_i = \operatorname{softmax}(x_i)",
+    gradient=r"\partial \ell_i / \partial x_{ij} = w_{y_i}\, p_{iy_i}^{\,q} \left(p_{ij} - [j = y_i]\right)",
+    reference="Zhang, Z., Sabuncu, M. R. (2018). Generalized Cross Entropy Loss for Training Deep Neural Networks "
+              "with Noisy Labels. NeurIPS.",
+    equivalents={"PyTorch (composition)": "((1 - F.softmax(logits, dim).gather(dim, target[..., None]) ** q) / q).mean()"},
+    semantics=("Class weights multiply sample ``i`` by ``weight[y_i]`` and the weighted mean divides by their sum, "
+               "as in cross entropy."),
+    properties=Properties("multiclass classification", "low (bounded by 1/q)", "bounded, small on confident mistakes",
+                          "training with noisy labels", "medium"),
+    example="""
+    >>> import numpy as np, fastloss as fl
+    >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+    >>> round(float(fl.generalized_cross_entropy(logits, np.array([0, 2]))), 6)
+    0.584187
+    """,
+    options=_options(),
+))
+
+
+# -- poly-1 cross entropy -----------------------------------------------------------------------
+
+
+def _poly1_cross_entropy(x, y, t, w, g, scale, loss, epsilon):
+    # psi(L) = -L + epsilon (1 - e^L),  psi'(L) = -1 - epsilon p_y
+    nr = x.shape[0]
+    logp, s, wy = _log_p_target(x, y, w, g)
+    d = np.empty(nr)
+    for r in range(nr):
+        loss[r] = wy[r] * (-logp[r] - epsilon * expm1(logp[r]))
+        d[r] = -1.0 - epsilon * exp(logp[r])
+    if g.shape[0]:
+        _target_grad(g, y, s, wy, scale, d)
+
+
+poly1_cross_entropy = register(LossSpec(
+    name="poly1_cross_entropy",
+    kind="rowwise",
+    kernel=_poly1_cross_entropy,
+    inputs=(LOGITS, INDEX_TARGET),
+    params=(Param("epsilon", 1.0, "Coefficient of the first polynomial term (0: cross entropy)",
+                  Interval(-1.0, math.inf), special=(0.0, -1.0)),),
+    summary="Poly-1 loss: cross entropy plus epsilon times (1 - p_target).",
+    formula=r"\ell_i = w_{y_i} \left(-\log p_{iy_i} + \epsilon\,(1 - p_{iy_i})\right)",
+    gradient=r"\partial \ell_i / \partial x_{ij} = w_{y_i} (1 + \epsilon\, p_{iy_i}) \left(p_{ij} - [j = y_i]\right)",
+    reference="Leng, Z. et al. (2022). PolyLoss: A Polynomial Expansion Perspective of Classification Loss "
+              "Functions. ICLR.",
+    equivalents={"PyTorch (composition)": "F.cross_entropy(logits, target, reduction='none') + "
+                                          "epsilon * (1 - F.softmax(logits, dim).gather(dim, target[..., None]))"},
+    semantics=("Class weights multiply sample ``i``'s whole loss by ``weight[y_i]``; the weighted mean divides by "
+               "their sum, as in cross entropy."),
+    properties=Properties("multiclass classification", "medium", "bounded: (1 + eps p_y)(softmax minus target)",
+                          "image classification, detection", "medium"),
+    example="""
+    >>> import numpy as np, fastloss as fl
+    >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+    >>> round(float(fl.poly1_cross_entropy(logits, np.array([0, 2]))), 6)
+    1.397609
+    """,
+    options=_options(),
+))

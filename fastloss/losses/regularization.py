@@ -1,0 +1,73 @@
+"""Regularisation penalties on parameter arrays (one input, no target).
+
+They are ordinary pointwise losses, so they run through the same fused driver and can be a term
+of :func:`fastloss.combine`. Like every loss they default to ``reduction="mean"``; the classical
+penalties ``||w||_1`` and ``0.5 ||w||_2^2`` are ``reduction="sum"``.
+"""
+
+from __future__ import annotations
+
+from .._registry import register
+from .._spec import Input, LossSpec, Properties
+from ._common import sign
+
+PARAMS = Input("x", "Parameter array to penalise (e.g. a weight matrix).", differentiable=True)
+
+
+def _away_from_zero(inputs, params, h):
+    import numpy as np
+
+    return np.abs(np.asarray(inputs[0], dtype=float)) > 4 * h
+
+
+def _l1(x):
+    return abs(x), sign(x)
+
+
+l1 = register(LossSpec(
+    name="l1",
+    kind="pointwise",
+    kernel=_l1,
+    inputs=(PARAMS,),
+    summary="L1 penalty (lasso): the absolute value of each parameter.",
+    formula=r"\ell(x) = |x|\qquad(\text{``sum'' reduction: } \|x\|_1)",
+    gradient=r"\partial \ell / \partial x = \operatorname{sign}(x)\quad(0 \text{ at } x = 0)",
+    reference="Tibshirani, R. (1996). Regression Shrinkage and Selection via the Lasso. JRSS B 58(1).",
+    equivalents={"PyTorch": "torch.linalg.vector_norm(x, 1) (reduction='sum')"},
+    semantics="With ``reduction='sum'``: ``torch.linalg.vector_norm(x, 1)`` and its subgradient (0 at 0).",
+    properties=Properties("regularisation", "n/a", "constant magnitude (sign)", "sparse weights (lasso)", "low"),
+    fd_safe=_away_from_zero,
+    example="""
+    >>> import numpy as np, fastloss as fl
+    >>> float(fl.l1(np.array([0.5, -2.0, 0.0]), reduction="sum"))
+    2.5
+    """,
+))
+
+
+def _l2(x):
+    return 0.5 * x * x, x
+
+
+l2 = register(LossSpec(
+    name="l2",
+    kind="pointwise",
+    kernel=_l2,
+    inputs=(PARAMS,),
+    summary="L2 penalty (ridge, weight decay): half the square of each parameter.",
+    formula=r"\ell(x) = \tfrac12 x^2\qquad(\text{``sum'' reduction: } \tfrac12 \|x\|_2^2)",
+    gradient=r"\partial \ell / \partial x = x",
+    reference="Hoerl, A. E., Kennard, R. W. (1970). Ridge Regression: Biased Estimation for Nonorthogonal Problems. Technometrics 12(1).",
+    equivalents={"optax": "optax.l2_loss(x) (per element)",
+                 "PyTorch": "weight_decay=lambda in torch.optim.SGD (gradient lambda * x)"},
+    semantics="Per element ``optax.l2_loss(x)``; with ``reduction='sum'`` and weight lambda its gradient is "
+              "PyTorch's ``weight_decay`` term ``lambda * x``.",
+    properties=Properties("regularisation", "n/a", "linear in the parameter", "ridge, weight decay", "low"),
+    example="""
+    >>> import numpy as np, fastloss as fl
+    >>> float(fl.l2(np.array([1.0, -2.0]), reduction="sum"))
+    2.5
+    >>> fl.l2.grad(np.array([1.0, -2.0]), reduction="sum")
+    array([ 1., -2.])
+    """,
+))

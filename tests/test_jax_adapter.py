@@ -1,0 +1,130 @@
+"""``fastloss.jax``: ``jax.custom_vjp`` wrappers on CPU (grad, jit, vmap) that keep the fused kernel."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+
+from cases import POINTWISE, pointwise_inputs  # noqa: E402
+
+import fastloss as fl  # noqa: E402
+import fastloss.jax as flj  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def x64():
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.mark.parametrize("name", POINTWISE)
+def test_grad_of_every_pointwise_loss_matches_numpy(name):
+    loss = fl.get(name)
+    inputs = pointwise_inputs(loss.spec, (7, 3), np.random.default_rng(0))
+    diff = [k for k, inp in enumerate(loss.spec.inputs) if inp.differentiable]
+    f = getattr(flj, name)
+    value, grads = jax.value_and_grad(lambda *a: 1.5 * f(*a, reduction="sum"), argnums=tuple(diff))(
+        *[jnp.asarray(x) for x in inputs]
+    )
+    want_v, want_g = loss.value_and_grad(*inputs, reduction="sum")
+    np.testing.assert_allclose(value, 1.5 * want_v, rtol=1e-15)
+    for got, want in zip(grads, want_g if isinstance(want_g, tuple) else (want_g,)):
+        np.testing.assert_allclose(got, 1.5 * want, rtol=1e-15, atol=0)
+
+
+def test_against_a_plain_jax_loss_under_jit():
+    rng = np.random.default_rng(1)
+    p, t = jnp.asarray(rng.normal(size=(16, 4))), jnp.asarray(rng.normal(size=(16, 4)))
+
+    def ref(p):
+        d = p - t
+        return jnp.mean(jnp.where(jnp.abs(d) < 0.5, 0.5 * d**2, 0.5 * (jnp.abs(d) - 0.25)))
+
+    ours = jax.jit(jax.value_and_grad(lambda p: flj.huber(p, t, delta=0.5)))(p)
+    theirs = jax.value_and_grad(ref)(p)
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-13)
+    np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-13, atol=1e-16)
+
+
+def test_reduction_none_with_cotangent_broadcasting_and_weights():
+    rng = np.random.default_rng(2)
+    p, t = jnp.asarray(rng.normal(size=(5, 3))), jnp.asarray(rng.normal(size=(3,)))
+    w = jnp.asarray(rng.uniform(size=(5, 1)))
+    c = jnp.asarray(rng.normal(size=(5, 3)))
+    g = jax.grad(lambda p: jnp.sum(c * flj.log_cosh(p, t, weight=w, reduction="none")))(p)
+    np.testing.assert_allclose(g, c * w * np.tanh(np.asarray(p - t)), rtol=1e-13)
+    # the gradient of a target that broadcast is not asked for; a weighted mean is
+    g = jax.grad(lambda p: flj.mse(p, t, weight=w))(p)
+    np.testing.assert_allclose(g, fl.mse.grad(np.asarray(p), np.asarray(t), weight=np.asarray(w)), rtol=1e-15)
+
+
+def test_rowwise_reduction_none_scales_each_row():
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=(3, 6, 5)))  # classes on axis 1
+    y = jnp.asarray(rng.integers(0, 6, size=(3, 5)))
+    c = jnp.asarray(rng.normal(size=(3, 5)))
+    values = flj.cross_entropy(x, y, axis=1, reduction="none")
+    g = jax.grad(lambda x: jnp.sum(c * flj.cross_entropy(x, y, axis=1, reduction="none")))(x)
+
+    def ref(x):
+        logp = jax.nn.log_softmax(x, axis=1)
+        return -jnp.take_along_axis(logp, y[:, None, :], axis=1)[:, 0, :]
+
+    np.testing.assert_allclose(values, ref(x), rtol=1e-12)
+    np.testing.assert_allclose(g, jax.grad(lambda x: jnp.sum(c * ref(x)))(x), rtol=1e-10, atol=1e-15)
+
+
+def test_float32_default_and_integer_labels():
+    jax.config.update("jax_enable_x64", False)
+    rng = np.random.default_rng(3)
+    logits = jnp.asarray(rng.normal(size=(6, 5)), dtype=jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 5, size=6), dtype=jnp.int32)
+    v, g = jax.value_and_grad(lambda x: flj.cross_entropy(x, labels))(logits)
+    want_v, want_g = fl.cross_entropy.value_and_grad(np.asarray(logits), np.asarray(labels))
+    assert v.dtype == jnp.float32 and g.dtype == jnp.float32
+    np.testing.assert_allclose(v, want_v, rtol=1e-6)
+    np.testing.assert_allclose(g, want_g, rtol=1e-6, atol=1e-7)
+
+
+def test_vmap_gives_per_example_losses_and_gradients():
+    rng = np.random.default_rng(4)
+    p, t = jnp.asarray(rng.normal(size=(4, 6))), jnp.asarray(rng.normal(size=(4, 6)))
+    values = jax.vmap(lambda a, b: flj.mse(a, b))(p, t)
+    grads = jax.vmap(jax.grad(lambda a, b: flj.mse(a, b)))(p, t)
+    np.testing.assert_allclose(values, np.mean(np.asarray(p - t) ** 2, axis=1), rtol=1e-14)
+    np.testing.assert_allclose(grads, 2 * np.asarray(p - t) / 6, rtol=1e-14)
+
+
+def test_custom_loss_and_jax_check_grads():
+    @fl.pointwise
+    def pseudo_huber(pred, target, delta=1.0):
+        d = pred - target
+        s = math.sqrt(1.0 + (d / delta) ** 2)
+        return delta * delta * (s - 1.0), d / s
+
+    from jax.test_util import check_grads
+
+    f = flj.wrap(pseudo_huber)
+    t = jnp.asarray(np.random.default_rng(5).normal(size=8))
+    p = jnp.asarray(np.random.default_rng(6).normal(size=8))
+    check_grads(lambda x: f(x, t, delta=0.7), (p,), order=1, modes=("rev",))
+    check_grads(lambda x: f(x, t, reduction="none"), (p,), order=1, modes=("rev",))
+
+
+def test_clear_errors():
+    x = jnp.zeros((3, 4))
+    with pytest.raises(TypeError, match="does not take out="):
+        flj.mse(x, x, out=x)
+    with pytest.raises(ValueError, match="delta must be in"):
+        flj.huber(x, x, delta=0.0)
+    with pytest.raises(TypeError, match="expects a fastloss Loss"):
+        flj.wrap(len)
+    with pytest.raises(AttributeError):
+        flj.not_a_loss

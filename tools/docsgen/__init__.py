@@ -1,0 +1,13 @@
+"""Build-time generators of the documentation site (loaded by the MkDocs hook ``hooks.py``).
+
+Nothing about a loss is written by hand in ``docs/``: the catalogue pages, the comparison table,
+the plots and the API reference pages are generated from ``fastloss.REGISTRY`` and the public
+modules every time the site is built, so the docs follow the code as losses and modules land.
+
+* :mod:`.catalogue`  the loss catalogue (Markdown) from the registry;
+* :mod:`.plots`      each loss and its gradient, plotted with the package itself (matplotlib, Agg);
+* :mod:`.apiref`     API reference pages from the public modules' ``__all__``, and the check that
+                     every public symbol is documented;
+* :mod:`.site`       the navigation and Markdown rewriting the hook applies;
+* ``hooks.py``       the MkDocs hook wiring them in (``hooks:`` in ``mkdocs.yml``).
+"""
