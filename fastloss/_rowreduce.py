@@ -30,7 +30,13 @@ Tversky), or the corners of a box (GIoU). Its ``LossSpec.kernel`` is a :class:`R
     tests and benchmarks when the inputs' domains cannot say what is valid (boxes).
 
 Weights are per row (broadcast to the row shape); ``mean`` divides by the number of rows, or by
-the summed weights. ``reduction="none"`` returns one loss per row, shaped like the rows.
+the summed weights. ``reduction="none"`` returns one loss per row, shaped like the rows. A
+declaration's ``fd_safe`` returns one flag per row (rows away from kinks).
+
+A CUDA driver of this kind (not written yet) would compile the same three stages as device
+functions: one block per row (or per piece of a long row), each thread summing ``map`` over its
+strided elements, a block reduction per sum, every thread running ``finish`` on the block's sums,
+then writing the gradients of its elements; the ``variant`` option picks the kernel on the host.
 """
 
 from __future__ import annotations
@@ -151,13 +157,15 @@ class RowReduceKind:
                 drv = self._drivers.get(key)
                 if drv is None:
                     kmap = rowreduce_cpu.stage_kernel(k.map)
+                    length = self._layout(spec).row_length
+                    short = length is not None and length < rowreduce_cpu.LANES
                     split = mode == "split"
                     template = rowreduce_cpu.rowreduce_split_driver if split else rowreduce_cpu.rowreduce_driver
                     drv = specialise(
                         template,
                         spec.name + ("__split" if split else ""),
                         {"_map": kmap, "_finish": rowreduce_cpu.stage_kernel(k.finish),
-                         "_grad": rowreduce_cpu.stage_kernel(k.grad), "_piece_sums": self._piece_sums(kmap)},
+                         "_grad": rowreduce_cpu.stage_kernel(k.grad), "_piece_sums": self._piece_sums(kmap, short)},
                         parallel=mode != "ser",
                         hashed=(*k.stages, rowreduce_cpu.stage_kernel),
                         cache=spec.options.get("cache", True),
@@ -166,14 +174,21 @@ class RowReduceKind:
         return drv
 
     @staticmethod
-    def _piece_sums(kmap):
-        """:func:`~fastloss._kernels.rowreduce_cpu.piece_sums` bound to a loss's map, compiled strictly."""
-        tpl = rowreduce_cpu.piece_sums
-        glb = dict(tpl.__globals__)
-        glb["_map"] = kmap
-        func = types.FunctionType(tpl.__code__, glb, tpl.__name__, tpl.__defaults__)
-        func.__qualname__ = tpl.__qualname__
-        return rowreduce_cpu.stage_kernel(func)
+    def _piece_sums(kmap, short: bool):
+        """:func:`~fastloss._kernels.rowreduce_cpu.piece_sums` bound to a loss's map, compiled strictly.
+
+        ``short``: the rows are always shorter than the lanes, only :func:`short_sums` is needed.
+        """
+
+        def bind(tpl, **bindings):
+            glb = dict(tpl.__globals__)
+            glb.update(bindings)
+            func = types.FunctionType(tpl.__code__, glb, tpl.__name__, tpl.__defaults__)
+            func.__qualname__ = tpl.__qualname__
+            return rowreduce_cpu.stage_kernel(func)
+
+        short_sums = bind(rowreduce_cpu.short_sums, _map=kmap)
+        return short_sums if short else bind(rowreduce_cpu.piece_sums, _map=kmap, _short_sums=short_sums)
 
     def _layout(self, spec: LossSpec) -> _Layout:
         layout = self._layouts.get(id(spec))  # the layout holds the spec, so its id is not reused

@@ -7,10 +7,13 @@ statistics, ``out=`` buffers and in-place gradients, memory layouts and dtypes, 
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
-from rowcases import ROWREDUCE, SIMILARITY, as_tuple, default_shape, row_inputs
+from hypothesis import given
+from hypothesis import strategies as st
+from rowcases import ROWREDUCE, SIMILARITY, as_tuple, default_shape, reduced_reference, row_inputs
 from test_runtime import run_python
 from test_stats import assert_stats
 
@@ -174,6 +177,50 @@ def test_nan_stays_in_its_row(name):
     for gk in as_tuple(g):
         assert np.all(np.isfinite(np.delete(gk, 1, axis=0)))
     assert np.isnan(loss(*inputs))
+
+
+@given(
+    st.sampled_from(ROWREDUCE),
+    st.lists(st.integers(1, 4), min_size=1, max_size=2),
+    st.lists(st.integers(1, 9), min_size=1, max_size=3),
+    st.integers(0, 2**32 - 1),
+)
+def test_any_row_shape_matches_the_reference(name, lead, row, seed):
+    """Rows shorter and longer than the accumulator lanes (64), several leading or trailing axes."""
+    spec = fl.get(name).spec
+    if spec.options.get("row_length"):
+        row = [4]
+    elif spec.options.get("rows") == "first":
+        lead = lead[:1]
+    else:
+        row = [int(np.prod(row)) * 3]
+    inputs = row_inputs(spec, tuple(lead), tuple(row), np.random.default_rng(seed))
+    params = {p.name: p.default for p in spec.params}
+    want_v, want_g = reduced_reference(name, inputs, params, "none")
+    v, g = fl.get(name).value_and_grad(*inputs, reduction="none")
+    assert v.shape == tuple(lead)
+    np.testing.assert_allclose(v, want_v, rtol=1e-11, atol=1e-13)
+    for got, want in zip(as_tuple(g), want_g):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_eight_python_threads_at_once_give_the_serial_answers():
+    inputs = big_inputs("cosine_embedding", (3000, 32))
+    want_v, want_g = fl.cosine_embedding.value_and_grad(*inputs)
+    results = [None] * 8
+
+    def work(k):
+        results[k] = fl.cosine_embedding.value_and_grad(*inputs)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for v, g in results:
+        assert v == want_v
+        for a, b in zip(g, want_g):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_integer_inputs_compute_in_float64():

@@ -23,12 +23,12 @@ Why the driver looks the way it does:
   added in piece order. The stages and these sums are compiled without fast-math
   (:func:`stage_kernel`), so neither the thread count nor the driver that runs changes a bit of
   the result.
-* Short rows are processed in blocks of ``SEGMENT // D`` rows; a block sums its rows' losses into
-  ``partials``, added in block order. Every addition whose order matters (pieces of a row, rows of
-  a block, blocks) goes through the ``*_strict`` helpers, compiled without fast-math: the
-  drivers themselves are compiled with reassociation, which LLVM could otherwise use to reorder
-  those sums differently in each driver. Each row is read, finished and its gradient written while it
-  is still in cache: the fused path reads every input once.
+* Short rows are processed in blocks of ``SEGMENT // D`` rows: each row is read, finished and its
+  gradient written while it is still in cache, so the fused driver reads every input once. A
+  block sums its rows' losses into ``partials``, added in block order. Every addition whose order
+  matters (pieces of a row, rows of a block, blocks) goes through the ``*_strict`` helpers,
+  compiled without fast-math: the drivers themselves are compiled with reassociation, which LLVM
+  could otherwise use to reorder those sums differently in each driver.
 * A few long rows (fewer rows than threads, a row longer than ``SEGMENT``) go to
   :func:`rowreduce_split_driver`: the pieces of all rows are summed in parallel, the rows are
   finished in row order, then the gradient pieces are written in parallel. Same pieces, same order:
@@ -75,6 +75,10 @@ def _piece_sums(*args):
     raise NotImplementedError
 
 
+def _short_sums(*args):
+    raise NotImplementedError
+
+
 def stage_kernel(func):
     """Compile a stage of a rowreduce kernel (or :func:`piece_sums`) for inlining into the drivers.
 
@@ -95,8 +99,8 @@ def piece_sums(xc, lo, params, scratch):
     """Sums of ``_map`` over one piece (elements ``lo, lo + 1, ...`` of a row): the row-sum contract.
 
     Element ``j`` of the piece is added to lane ``j % LANES`` (a float64 accumulator in memory),
-    then the lanes are folded pairwise in a fixed order (:func:`fold`); a piece shorter than
-    ``LANES`` is summed in element order. No addition is ever reassociated, so the
+    then the lanes are folded pairwise in a fixed order (lane ``i + w/2`` onto lane ``i``); a piece
+    shorter than ``LANES`` is summed in element order (:func:`short_sums`). No addition is ever reassociated, so the
     result is the same bits wherever this is inlined, yet the loop over lanes vectorises: its
     iterations touch different accumulators, so LLVM needs no reassociation for it (Numba leaves
     LLVM's SLP vectoriser off, so register "lanes" written out by hand would stay scalar).
@@ -105,12 +109,9 @@ def piece_sums(xc, lo, params, scratch):
     :func:`stage_kernel`.
     """
     m = xc[0].size
+    if m < LANES:
+        return _short_sums(xc, lo, params, scratch)
     zero = zeros(_map(0, *zeros(xc), *params))
-    if m < LANES:  # short rows (boxes, small embeddings): in element order
-        tot = zero
-        for j in range(m):
-            tot = tadd(tot, _map(lo + j, *gather(xc, j), *params))
-        return tot
     acc = scratch  # C-contiguous: a column slice would have a run-time stride and stay scalar
     acc[:] = 0.0
     # ``nl`` is LANES, but not as a constant LLVM can see: it would unroll the loop and leave it scalar
@@ -125,7 +126,27 @@ def piece_sums(xc, lo, params, scratch):
     xq = slices(xc, base, m)
     for ln in range(m - base):
         accumulate(acc, ln, _map(lo + base + ln, *gather(xq, ln), *params))
-    return fold(acc, zero)
+    # fold lane i + width/2 onto lane i, down to 8 lanes (vectorised loops), then a tree of 8
+    width = nl
+    while width > 8:
+        width //= 2
+        for k in range(acc.shape[0]):
+            row = acc[k]
+            for ln in range(width):
+                row[ln] += row[ln + width]
+    return fold8(acc, zero)
+
+
+def short_sums(xc, lo, params, scratch):
+    """:func:`piece_sums` of a piece shorter than ``LANES``: the terms added in element order.
+
+    Also the whole of ``piece_sums`` for losses whose rows always are that short (boxes), which
+    then do not compile the lanes.
+    """
+    tot = zeros(_map(0, *zeros(xc), *params))
+    for j in range(xc[0].size):
+        tot = tadd(tot, _map(lo + j, *gather(xc, j), *params))
+    return tot
 
 
 def rowreduce_driver(xs, ys, w, gs, loss_rows, params, scale, flags, stats):
@@ -317,11 +338,11 @@ def accumulate(acc, ln, t):
     """``acc[k, ln] += t[k]`` for every ``k``."""
 
 
-def fold(acc, like):
-    """Per row ``k`` of ``acc`` (``LANES`` wide), the pairwise sum of its lanes, as a tuple like ``like``.
+def fold8(acc, like):
+    """Per row ``k`` of ``acc``, the pairwise sum of its first 8 lanes, as a tuple like ``like``.
 
-    Straight-line code (lane ``i`` plus lane ``i + LANES/2``, then again on the halves): the
-    additions of a level are independent, so they run in parallel even though they stay scalar.
+    Straight-line code (lane ``i`` plus lane ``i + 4``, then again on the halves): the additions of
+    a level are independent, so they run in parallel even though they stay scalar.
     """
 
 
@@ -372,11 +393,11 @@ def _accumulate(acc, ln, t):
     return _unrolled("acc, ln, t", len(t), "acc[{k}, ln] += t[{k}]", ret=False)
 
 
-@overload(fold, inline="always")
-def _fold(acc, like):
+@overload(fold8, inline="always")
+def _fold8(acc, like):
     lines = []
     for k in range(len(like)):
-        names = [f"acc[{k}, {i}]" for i in range(LANES)]
+        names = [f"acc[{k}, {i}]" for i in range(8)]
         level = 0
         while len(names) > 1:
             half = len(names) // 2

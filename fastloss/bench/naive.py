@@ -200,8 +200,13 @@ def l2(x, *, xp=np):
 
 
 @naive
-def cross_entropy(logits, target, *, ignore_index=-100, label_smoothing=0.0, xp=np):
-    """Softmax cross entropy over the last axis with class-index targets (PyTorch semantics)."""
+def cross_entropy(logits, target, *, ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=None, xp=np):
+    """Softmax cross entropy over the last axis with class-index targets (PyTorch semantics),
+    plus PaLM's z-loss (mean over kept tokens) and logit soft-capping."""
+    raw = logits
+    if softcap:
+        t = xp.tanh(raw / softcap)
+        logits = softcap * t
     c = logits.shape[-1]
     m = xp.max(logits, axis=-1, keepdims=True)
     e = xp.exp(logits - m)
@@ -212,12 +217,20 @@ def cross_entropy(logits, target, *, ignore_index=-100, label_smoothing=0.0, xp=
     per_row = lse - xp.take_along_axis(logits, label[..., None], axis=-1)[..., 0]
     if label_smoothing:
         per_row = (1.0 - label_smoothing) * per_row + label_smoothing * (lse - xp.mean(logits, axis=-1))
+    if z_loss:
+        per_row = per_row + z_loss * lse**2
     count = xp.sum(valid).astype(logits.dtype)
     value = xp.sum(xp.where(valid, per_row, 0.0)) / count
     onehot = xp.arange(c) == label[..., None]
     if label_smoothing:
         onehot = xp.where(onehot, 1.0 - label_smoothing + label_smoothing / c, label_smoothing / c).astype(logits.dtype)
-    grad = (e / s - onehot) * (valid / count)[..., None]
+    p = e / s
+    dlogits = p - onehot
+    if z_loss:
+        dlogits = dlogits + (2.0 * z_loss * lse)[..., None] * p
+    grad = dlogits * (valid / count)[..., None]
+    if softcap:
+        grad = grad * (1.0 - t * t)
     return value, grad
 
 

@@ -322,6 +322,15 @@ def _torch_forwards() -> dict[str, Callable]:
             return F.cross_entropy(logits, labels)
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
+    def cross_entropy(x, t, ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=None):
+        if softcap:
+            x = softcap * torch.tanh(x / softcap)
+        loss = F.cross_entropy(x, t, ignore_index=ignore_index, label_smoothing=label_smoothing)
+        if z_loss:
+            kept = t != ignore_index
+            loss = loss + z_loss * torch.logsumexp(x, -1)[kept].square().mean()
+        return loss
+
     forwards = {
         "mse": lambda x, y: F.mse_loss(x, y),
         "mae": lambda x, y: F.l1_loss(x, y),
@@ -339,8 +348,7 @@ def _torch_forwards() -> dict[str, Callable]:
         "gaussian_nll": lambda x, y, v, full=False, eps=1e-6: F.gaussian_nll_loss(x, y, v, full=full, eps=eps),
         "l1": lambda x: x.abs().mean(),
         "l2": lambda x: (0.5 * x.square()).mean(),
-        "cross_entropy": lambda x, t, ignore_index=-100, label_smoothing=0.0: F.cross_entropy(
-            x, t, ignore_index=ignore_index, label_smoothing=label_smoothing),
+        "cross_entropy": cross_entropy,
         # the compositions named in the declarations' ``equivalents``
         "softmax_focal": softmax_focal,
         "multiclass_hinge": lambda x, t, margin=1.0, p=1: F.multi_margin_loss(x, t, p=p, margin=margin),
