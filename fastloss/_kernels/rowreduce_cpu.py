@@ -358,42 +358,42 @@ def _unrolled(args: str, n: int, item: str, *, ret: bool = True):
     return _build(f"def impl({args}):\n{body}", "impl")
 
 
-@overload(rows, inline="always")
+@overload(rows)
 def _rows(xs, r):
     return _unrolled("xs, r", len(xs), "xs[{k}][r]")
 
 
-@overload(zeros, inline="always")
+@overload(zeros)
 def _zeros(t):
     return _unrolled("t", len(t), "np.float64(0.0)")
 
 
-@overload(tadd, inline="always")
+@overload(tadd)
 def _tadd(a, b):
     return _unrolled("a, b", len(a), "a[{k}] + b[{k}]")
 
 
-@overload(store, inline="always")
+@overload(store)
 def _store(row, t):
     return _unrolled("row, t", len(t), "row[{k}] = t[{k}]", ret=False)
 
 
-@overload(load, inline="always")
+@overload(load)
 def _load(row, like):
     return _unrolled("row, like", len(like), "row[{k}]")
 
 
-@overload(put, inline="always")
+@overload(put)
 def _put(gs, j, g, s):
     return _unrolled("gs, j, g, s", len(gs), "gs[{k}][j] = g[{k}] * s", ret=False)
 
 
-@overload(accumulate, inline="always")
+@overload(accumulate)
 def _accumulate(acc, ln, t):
     return _unrolled("acc, ln, t", len(t), "acc[{k}, ln] += t[{k}]", ret=False)
 
 
-@overload(fold8, inline="always")
+@overload(fold8)
 def _fold8(acc, like):
     lines = []
     for k in range(len(like)):
@@ -409,6 +409,6 @@ def _fold8(acc, like):
     return _build(f"def impl(acc, like):\n{body}", "impl")
 
 
-@overload(blocks, inline="always")
+@overload(blocks)
 def _blocks(gs, lo, hi):
     return _unrolled("gs, lo, hi", len(gs), "gs[{k}].reshape(-1)[lo:hi]")
