@@ -171,12 +171,6 @@ class RowwiseKind:
         scale = 1.0
         if reduction == "mean":
             scale = 1.0 / denom if denom != 0.0 else math.inf  # 0 samples or weights: NaN mean, as PyTorch
-        # Parameters whose per-row terms are averaged over the counted rows, not the class weights
-        # (cross entropy's z-loss): under a weighted mean the kernel sees them times denom / count,
-        # so that sum(rows) / denom adds their plain mean (and "none"/"sum" see them unchanged).
-        per_token = spec.options.get("token_mean_params", ())
-        if per_token and reduction == "mean" and form == "index" and denom != float(count) and count:
-            params = {**params, **{k: params[k] * (denom / count) for k in per_token}}
 
         # -- rows: (n, classes) C-contiguous, copying only when the layout or dtype requires it --
         xm = _classes_last(logits, axis)

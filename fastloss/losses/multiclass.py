@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from .._kernels import rowops as R
-from .._kernels.mathfn import exp, expm1, log, tanh
+from .._kernels.mathfn import exp, expm1, log
 from .._registry import register
 from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
 
@@ -116,63 +116,16 @@ def _target_grad(g, y, s, wy, scale, dpsi):
 # -- cross entropy ------------------------------------------------------------------------------
 
 
-def _softcap(x, cap):
-    """``cap tanh(x / cap)`` in the dtype of ``x`` (a new block: ``x`` may be the gradient's buffer)."""
-    c = np.empty_like(x)
-    nr, nc = x.shape
-    inv = 1.0 / cap
-    for r in range(nr):
-        xr = x[r]
-        cr = c[r]
-        for j in range(nc):
-            cr[j] = cap * tanh(np.float64(xr[j]) * inv)
-    return c
-
-
-def _softcap_grad(g, c, cap):
-    """``g <- g (1 - tanh^2)`` with ``tanh = c / cap``: the chain rule through the cap."""
-    nr, nc = g.shape
-    inv = 1.0 / cap
-    for r in range(nr):
-        gr = g[r]
-        cr = c[r]
-        for j in range(nc):
-            u = np.float64(cr[j]) * inv
-            gr[j] = gr[j] * (1.0 - u * u)
-
-
-def _cross_entropy(x, y, t, w, g, scale, loss, label_smoothing, z_loss, softcap):
-    # softcap > 0: the softmax sees c = softcap tanh(x / softcap) (0.0 is "off", the kernel value
-    # of None); everything below runs on c, and the gradient is multiplied by 1 - tanh^2 at the end.
-    # z_loss: z lse^2 per row (not class weighted; see the spec), gradient 2 z lse softmax.
-    if softcap > 0.0:
-        c = _softcap(x, softcap)
-        _cross_entropy_core(c, y, t, w, g, scale, loss, label_smoothing, z_loss)
-        if g.shape[0]:
-            _softcap_grad(g, c, softcap)
-    else:
-        _cross_entropy_core(x, y, t, w, g, scale, loss, label_smoothing, z_loss)
-
-
-def _cross_entropy_core(x, y, t, w, g, scale, loss, label_smoothing, z_loss):
+def _cross_entropy(x, y, t, w, g, scale, loss, label_smoothing):
     nr, nc = x.shape
     if y.size and label_smoothing == 0.0:
-        xy = R.gather(x, y)
-        m = R.row_max(x)
-        s = R.exp_sum(x, m, g)
-        c = np.empty(nr)
-        b = np.empty(nr)
+        logp, s, wy = _log_p_target(x, y, w, g)
+        d = np.empty(nr)
         for r in range(nr):
-            ls = log(s[r])  # lse - m
-            wy = w[y[r]] if w.size else 1.0
-            lse = m[r] + ls
-            # <= 0 in exact arithmetic, as in _log_p_target
-            loss[r] = -wy * min((xy[r] - m[r]) - ls, 0.0) + z_loss * lse * lse
-            c[r] = scale * (wy + 2.0 * z_loss * lse) / s[r]
-            b[r] = -scale * wy
+            loss[r] = -wy[r] * logp[r]
+            d[r] = -1.0
         if g.shape[0]:
-            R.scale_rows(g, c)
-            R.add_at(g, y, b)
+            _target_grad(g, y, s, wy, scale, d)
         return
     # Label smoothing and/or probability targets. With t' = (1 - eps) t + eps / C (t one-hot for
     # class indices) the loss is sum_j w_j t'_j (lse - x_j) and its gradient
@@ -208,9 +161,7 @@ def _cross_entropy_core(x, y, t, w, g, scale, loss, label_smoothing, z_loss):
         else:
             a = (1.0 - eps) * swt[r] + eps * wtot / nc
             loss[r] = a * ls - ((1.0 - eps) * stx[r] + eps / nc * sx[r])
-        lse = m[r] + ls
-        loss[r] += z_loss * lse * lse
-        c[r] = scale * (a + 2.0 * z_loss * lse) / s[r]
+        c[r] = scale * a / s[r]
     if g.shape[0]:
         if y.size:
             R.scale_add(g, c, 0.0, none, -scale * eps / nc, w)
@@ -225,13 +176,7 @@ cross_entropy = register(LossSpec(
     kernel=_cross_entropy,
     inputs=(LOGITS, TARGET),
     params=(Param("label_smoothing", 0.0, "Weight of the uniform distribution mixed into the target",
-                  Interval(0.0, 1.0), special=(1.0,)),
-            Param("z_loss", 0.0, "PaLM z-loss coefficient: ``z_loss * logsumexp(logits)**2`` is added per "
-                  "(non-ignored) sample, not class weighted; the mean averages it over the non-ignored "
-                  "samples even with ``weight``", Interval(0.0, math.inf)),
-            Param("softcap", None, "Logit soft-capping (Gemma 2 / Grok style): the softmax sees "
-                  "``softcap * tanh(logits / softcap)``; None: off", Interval(0.0, math.inf, (False, True)),
-                  optional=True)),
+                  Interval(0.0, 1.0), special=(1.0,)),),
     summary="Softmax cross entropy of logits and class indices or class probabilities.",
     formula=r"\ell_i = \sum_j w_j\, t'_{ij} \left(\log \sum_k e^{x_{ik}} - x_{ij}\right),\quad "
             r"t'_{ij} = (1 - \varepsilon)\, t_{ij} + \varepsilon / C"
@@ -248,13 +193,7 @@ cross_entropy = register(LossSpec(
                "targets (all ignored: NaN), with probabilities by the number of samples. The class axis is "
                "``axis`` (PyTorch: dimension 1), so ``(batch, seq, vocab)`` logits need no transpose. "
                "``value_and_grad(logits, y, out=logits)`` writes the gradient over the logits "
-               "(Liger-Kernel style) with no logits-sized temporary. ``z_loss`` (PaLM) adds "
-               "``z_loss * lse_i**2`` per sample, ``lse_i`` the log-sum-exp of the (capped) logits, without class "
-               "weights: the mean is ``CE_mean + z_loss * sum(lse_i**2) / n_kept`` with ``n_kept`` the number of "
-               "non-ignored samples (as the PyTorch composition ``F.cross_entropy(...) + z_loss * "
-               "(torch.logsumexp(logits[keep], 1)**2).mean()``; for logging, the z-loss part is that last term, "
-               "recomputable from ``logsumexp``). ``softcap`` replaces the logits by ``softcap * tanh(logits / "
-               "softcap)`` before everything else, z-loss included."),
+               "(Liger-Kernel style) with no logits-sized temporary."),
     properties=Properties("multiclass classification", "medium (log-loss grows linearly in the logit margin)",
                           "bounded: softmax minus target", "classifiers, language models", "medium (one exp per logit)"),
     example="""
@@ -266,7 +205,7 @@ cross_entropy = register(LossSpec(
     >>> round(float(loss), 6), g[1].tolist()
     (0.241311, [0.0, 0.0, 0.0])
     """,
-    options={**_options(targets=("index", "probs")), "token_mean_params": ("z_loss",)},
+    options=_options(targets=("index", "probs")),
 ))
 
 

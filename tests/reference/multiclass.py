@@ -30,23 +30,7 @@ def _finish(loss, grad, keep):
     return np.where(keep, loss, 0.0), np.where(keep[:, None], grad, 0.0)
 
 
-def cross_entropy(x, target, weight=None, ignore_index=None, label_smoothing=0.0, z_loss=0.0, softcap=None):
-    """With ``z_loss``/``softcap`` the per-sample loss gains ``z_loss * lse**2`` (not class weighted)
-    and the logits are ``softcap * tanh(x / softcap)``; ``denom`` stays the cross-entropy one (the
-    z-loss part of a weighted mean divides by the number of kept samples instead)."""
-    if softcap is not None:
-        u = np.tanh(x / softcap)
-        loss, grad, denom = cross_entropy(softcap * u, target, weight, ignore_index, label_smoothing, z_loss)
-        return loss, grad * (1.0 - u**2), denom
-    if z_loss:
-        loss, grad, denom = cross_entropy(x, target, weight, ignore_index, label_smoothing)
-        m = np.max(x, axis=1, keepdims=True)
-        lse = m + np.log(np.sum(np.exp(x - m), axis=1, keepdims=True))
-        zl, zg = z_loss * lse[:, 0] ** 2, 2.0 * z_loss * lse * np.exp(x - lse)
-        if np.asarray(target).dtype.kind != "f" and ignore_index is not None:
-            keep = np.asarray(target) != ignore_index
-            zl, zg = np.where(keep, zl, 0.0), np.where(keep[:, None], zg, 0.0)
-        return loss + zl, grad + zg, denom
+def cross_entropy(x, target, weight=None, ignore_index=None, label_smoothing=0.0):
     n, c = x.shape
     eps = label_smoothing
     lp = log_softmax(x)
