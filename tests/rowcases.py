@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
-from cases import defaults, param_variants, sample
+from cases import defaults, fd_gradient, param_variants, sample
 from reference import REFERENCES
 
 import fastloss as fl
@@ -123,22 +123,6 @@ def check_weights(name: str, seed: int = 1) -> None:
                 np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
-def fd_gradient(loss, inputs, k, params):
-    """d sum(loss) / d inputs[k] by (-f(x+2h) + 8f(x+h) - 8f(x-h) + f(x-2h)) / 12h, element by element."""
-    x = inputs[k]
-    grad = np.empty_like(x)
-    for idx in np.ndindex(x.shape):
-        vals = []
-        for step in (2, 1, -1, -2):
-            xs = list(inputs)
-            xk = x.copy()
-            xk[idx] += step * H
-            xs[k] = xk
-            vals.append(float(loss(*xs, reduction="sum", **params)))
-        grad[idx] = (-vals[0] + 8 * vals[1] - 8 * vals[2] + vals[3]) / (12 * H)
-    return grad
-
-
 def check_finite_differences(name: str, seed: int = 10) -> None:
     """Every gradient agrees with a 4th-order central difference of the loss, on rows away from kinks."""
     loss = fl.get(name)
@@ -151,7 +135,7 @@ def check_finite_differences(name: str, seed: int = 10) -> None:
         grads = as_tuple(loss.grad(*inputs, reduction="sum", **params))
         safe = np.ones(lead, bool) if loss.spec.fd_safe is None else loss.spec.fd_safe(inputs, params, 2 * H)
         for k, g in zip(diff, grads):
-            want = fd_gradient(loss, inputs, k, params)
+            want = fd_gradient(loss, inputs, k, params, H)
             np.testing.assert_allclose(g[safe], want[safe], rtol=1e-6, atol=1e-7, err_msg=f"{name} {params} input {k}")
             checked += int(np.sum(safe))
     assert checked > 0, f"{name}: no row was away from a kink"

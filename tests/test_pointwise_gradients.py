@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cases import POINTWISE, param_variants, pointwise_inputs
+from cases import POINTWISE, fd_gradient, param_variants, pointwise_inputs
 from hypothesis import given
 from hypothesis import strategies as st
 
 import fastloss as fl
 
 H = 1e-4
-
-
-def fd_gradient(loss, inputs, k, params):
-    """d sum(loss) / d inputs[k], by (-f(x+2h) + 8f(x+h) - 8f(x-h) + f(x-2h)) / 12h per element."""
-    x = inputs[k]
-    grad = np.empty_like(x)
-    for idx in np.ndindex(x.shape):
-        vals = []
-        for step in (2, 1, -1, -2):
-            xs = list(inputs)
-            xk = x.copy()
-            xk[idx] += step * H
-            xs[k] = xk
-            vals.append(float(loss(*xs, reduction="sum", **params)))
-        grad[idx] = (-vals[0] + 8 * vals[1] - 8 * vals[2] + vals[3]) / (12 * H)
-    return grad
 
 
 @pytest.mark.parametrize("name", POINTWISE)
@@ -40,7 +24,7 @@ def test_gradient_matches_finite_differences(name):
         grads = grads if isinstance(grads, tuple) else (grads,)
         safe = np.ones(12, bool) if loss.spec.fd_safe is None else loss.spec.fd_safe(inputs, params, 2 * H)
         for k, g in zip(diff, grads):
-            want = fd_gradient(loss, inputs, k, params)
+            want = fd_gradient(loss, inputs, k, params, H)
             np.testing.assert_allclose(g[safe], want[safe], rtol=1e-6, atol=1e-7, err_msg=f"{name} {params} input {k}")
 
 
