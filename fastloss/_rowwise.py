@@ -11,6 +11,10 @@ entropy and its relatives). Its declaration says, in ``LossSpec.options``:
     ``True`` adds the ``ignore_index`` option (index targets equal to it are left out).
 ``class_weight``
     ``False`` for losses that take no per-class ``weight`` (default ``True``).
+``aux``
+    The name of a bool parameter (e.g. ``return_z_loss``) that asks for the loss's auxiliary part
+    as well: the value becomes a ``(loss, part)`` pair, both reduced alike (the kernel writes the
+    part next to each row's loss, see :mod:`fastloss._kernels.rowwise_cpu`).
 ``mean``
     What ``reduction="mean"`` divides by for index targets: ``"weight"`` (PyTorch's
     ``cross_entropy``: the summed class weights of the non-ignored targets, or their count) or
@@ -78,6 +82,15 @@ def _mode(n: int, nc: int) -> str:
         if n < 0.75 * threads * -(-n // threads):  # rows per thread, rounded up
             return "split"
     return "par"
+
+
+def _reduced(rows, total, reduction, scale, n, lead, out_dtype):
+    """The value for ``reduction`` from the per-row losses or their float64 sum."""
+    if reduction == "none":
+        return rows.reshape(lead).astype(out_dtype, copy=False)
+    if reduction == "sum":
+        return out_dtype.type(total)
+    return out_dtype.type(total * scale) if n else out_dtype.type(np.nan)
 
 
 class RowwiseKind:
@@ -205,19 +218,22 @@ class RowwiseKind:
             g2 = np.empty((0, nc), dtype)
 
         per_row = need_value and reduction == "none"
-        loss_rows = np.empty(n if per_row else 0)
+        aux = need_value and bool(params.get(spec.options.get("aux", ""), False))
+        parts = 2 if aux else 1
+        loss_rows = np.empty(parts * n if per_row else 0)
         flags = (
             (rowwise_cpu.NEED_GRAD if need_grad else 0)
             | (rowwise_cpu.PER_ROW if per_row else 0)
             | (rowwise_cpu.NEED_STATS if stats else 0)
+            | (rowwise_cpu.NEED_AUX if aux else 0)
         )
         nb = rowwise_cpu.nblocks(n, nc)
         stat_rows = _stats.empty_partials(nb if stats else 0)
         total = 0.0
+        partials = np.zeros(parts * nb, dtype=np.float64)
         if n:
             mode = _mode(n, nc)
             drv = self.driver(spec, mode)
-            partials = np.empty(nb, dtype=np.float64)
             args = (x2, y, t2, w, g2, loss_rows, spec.kernel_params(params), scale, ignore_index,
                     flags, partials, stat_rows)
             if mode == "ser":
@@ -229,12 +245,12 @@ class RowwiseKind:
         value = None
         if need_value:
             out_dtype = logits.dtype if logits.dtype.kind == "f" else np.dtype(np.float64)
-            if reduction == "none":
-                value = loss_rows.reshape(lead).astype(out_dtype, copy=False)
-            elif reduction == "sum":
-                value = out_dtype.type(total)
-            else:
-                value = out_dtype.type(total * scale) if n else out_dtype.type(np.nan)
+            value = _reduced(loss_rows[:n], total, reduction, scale, n, lead, out_dtype)
+            if aux:
+                aux_total = 0.0
+                for p in partials[nb:]:  # block order, as the driver adds the losses
+                    aux_total += p
+                value = (value, _reduced(loss_rows[n:], aux_total, reduction, scale, n, lead, out_dtype))
         grads = ()
         if need_grad:
             if g2 is direct:

@@ -84,9 +84,13 @@ class Param:
     type: type = float
     #: Values with their own code path (limits, special cases) that tests must cover.
     special: tuple = ()
+    #: Whether ``None`` is accepted (the option is off, e.g. ``softcap=None``); kernels receive it as 0.0.
+    optional: bool = False
 
     def check(self, loss: str, value: Any) -> Any:
         """Validate and normalise ``value``; raise ``TypeError`` / ``ValueError`` naming the loss."""
+        if value is None and self.optional:
+            return None
         if self.type is bool:
             if not isinstance(value, (bool, int)) or value not in (0, 1):
                 raise TypeError(f"{loss}: {self.name} must be a bool, got {value!r}")
@@ -190,4 +194,4 @@ class LossSpec:
     def kernel_params(self, params: Mapping[str, Any]) -> tuple[float, ...]:
         if self.prepare is not None:
             return tuple(float(v) for v in self.prepare(dict(params)))
-        return tuple(float(params[p.name]) for p in self.params)
+        return tuple(0.0 if params[p.name] is None else float(params[p.name]) for p in self.params)

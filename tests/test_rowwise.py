@@ -39,7 +39,7 @@ def param_variants(name):
     out = [defaults(name)]
     for p in spec.params:
         out += [{**defaults(name), p.name: v} for v in p.special]
-        if p.type is float:
+        if p.type is float and p.default is not None:
             v = p.default * 0.6 + 0.1
             if p.domain is None or p.domain.contains(v):
                 out.append({**defaults(name), p.name: v})

@@ -53,6 +53,7 @@ from .device import U
 SCALE_BY_DENOM = kernels.SCALE_BY_WSUM
 NEED_GRAD = 2
 PER_ROW = 4
+NEED_AUX = 8
 
 _F64 = np.dtype(np.float64)
 
@@ -167,6 +168,53 @@ def _b_add_at(g, y, b):
     cuda.syncthreads()
 
 
+def _b_cap_exp_sum(x, m, cap):
+    t = cuda.threadIdx.x
+    mr = m[0]
+    s = 0.0
+    for j in range(t, x.shape[1], THREADS):
+        s += math.exp(cap * math.tanh(float64(x[0, j]) / cap) - mr)
+    out = cuda.local.array(1, float64)
+    out[0] = block_sum(s)  # noqa: F821
+    return out
+
+
+def _b_cap_dot(x, t, w, m, cap):
+    tid = cuda.threadIdx.x
+    mr = m[0]
+    has_t = t.size > 0
+    has_w = w.size > 0
+    s = 0.0
+    for j in range(tid, x.shape[1], THREADS):
+        v = cap * math.tanh(float64(x[0, j]) / cap) - mr
+        if has_t:
+            v *= float64(t[0, j])
+        if has_w:
+            v *= w[j]
+        s += v
+    out = cuda.local.array(1, float64)
+    out[0] = block_sum(s)  # noqa: F821
+    return out
+
+
+def _b_cap_scale_add(g, x, m, c, a, t, b, w, cap):
+    cuda.syncthreads()  # g may be x: every thread has read what it needs first
+    if g.size > 0:
+        cr = c[0]
+        mr = m[0]
+        has_t = t.size > 0
+        has_w = w.size > 0
+        for j in range(cuda.threadIdx.x, g.shape[1], THREADS):
+            th = math.tanh(float64(x[0, j]) / cap)
+            u = b
+            if has_t:
+                u += a * float64(t[0, j])
+            if has_w:
+                u *= w[j]
+            g[0, j] = (cr * math.exp(cap * th - mr) + u) * (1.0 - th * th)
+    cuda.syncthreads()
+
+
 # -- serial primitives (thread mode: one thread per row) -----------------------------------------
 
 
@@ -255,14 +303,59 @@ def _s_add_at(g, y, b):
         g[0, y[0]] += b[0]
 
 
+def _s_cap_exp_sum(x, m, cap):
+    mr = m[0]
+    s = 0.0
+    for j in range(x.shape[1]):
+        s += math.exp(cap * math.tanh(float64(x[0, j]) / cap) - mr)
+    out = cuda.local.array(1, float64)
+    out[0] = s
+    return out
+
+
+def _s_cap_dot(x, t, w, m, cap):
+    mr = m[0]
+    has_t = t.size > 0
+    has_w = w.size > 0
+    s = 0.0
+    for j in range(x.shape[1]):
+        v = cap * math.tanh(float64(x[0, j]) / cap) - mr
+        if has_t:
+            v *= float64(t[0, j])
+        if has_w:
+            v *= w[j]
+        s += v
+    out = cuda.local.array(1, float64)
+    out[0] = s
+    return out
+
+
+def _s_cap_scale_add(g, x, m, c, a, t, b, w, cap):
+    if g.size > 0:
+        cr = c[0]
+        mr = m[0]
+        has_t = t.size > 0
+        has_w = w.size > 0
+        for j in range(g.shape[1]):
+            th = math.tanh(float64(x[0, j]) / cap)
+            u = b
+            if has_t:
+                u += a * float64(t[0, j])
+            if has_w:
+                u *= w[j]
+            g[0, j] = (cr * math.exp(cap * th - mr) + u) * (1.0 - th * th)
+
+
 #: The device primitives of each mode, by the name of the :mod:`rowops` primitive they replace.
 PRIMITIVES = {
     "block": {"row_max": _b_row_max, "exp_sum": _b_exp_sum, "gather": _b_gather, "dot": _b_dot,
               "row_sum": _b_row_sum, "xlogx": _b_xlogx, "scale_rows": _b_scale_rows,
-              "scale_add": _b_scale_add, "add_at": _b_add_at},
+              "scale_add": _b_scale_add, "add_at": _b_add_at, "cap_exp_sum": _b_cap_exp_sum,
+              "cap_dot": _b_cap_dot, "cap_scale_add": _b_cap_scale_add},
     "thread": {"row_max": _s_row_max, "exp_sum": _s_exp_sum, "gather": _b_gather, "dot": _s_dot,
                "row_sum": _s_row_sum, "xlogx": _s_xlogx, "scale_rows": _s_scale_rows,
-               "scale_add": _s_scale_add, "add_at": _s_add_at},
+               "scale_add": _s_scale_add, "add_at": _s_add_at, "cap_exp_sum": _s_cap_exp_sum,
+               "cap_dot": _s_cap_dot, "cap_scale_add": _s_cap_scale_add},
 }
 
 
@@ -403,6 +496,7 @@ def _is_local_helper(value, func) -> bool:
 
 _TEMPLATE_HEAD = '''
 def rowwise(x, y, t, w, g, loss_rows, {params}scale, denom, ignore_index, flags, partials):
+    # with NEED_AUX, loss_rows and partials are twice as long: the auxiliary parts follow
     """Row losses (and gradients, scaled for the reduction) of rows r < n; see the module docstring."""
     n = x.shape[0]
     nc = x.shape[1]
@@ -414,10 +508,13 @@ def rowwise(x, y, t, w, g, loss_rows, {params}scale, denom, ignore_index, flags,
     has_probs = t.shape[0] > 0
     need_grad = (flags & NEED_GRAD) != 0
     per_row = (flags & PER_ROW) != 0
+    need_aux = (flags & NEED_AUX) != 0
     tid = cuda.threadIdx.x
     yk = cuda.local.array(1, int64)
-    lb = cuda.local.array(1, float64)
+    lb2 = cuda.local.array(2, float64)
+    lb = lb2 if need_aux else lb2[0:1]  # the kernel writes an auxiliary part only into a longer vector
     acc = 0.0
+    acc_aux = 0.0
 '''
 
 _TEMPLATE_ROW = '''
@@ -442,6 +539,8 @@ _TEMPLATE_ROW = '''
                 for j in range({first}, nc, {stride}):
                     g[r, j] = v
             lb[0] = v
+            if need_aux:
+                lb[1] = v
 '''
 
 _BLOCK = _TEMPLATE_HEAD + '''    for r in range(cuda.blockIdx.x, n, cuda.gridDim.x):
@@ -450,8 +549,14 @@ _BLOCK = _TEMPLATE_HEAD + '''    for r in range(cuda.blockIdx.x, n, cuda.gridDim
             acc += lb[0]
             if per_row:
                 loss_rows[r] = lb[0]
+            if need_aux:
+                acc_aux += lb[1]
+                if per_row:
+                    loss_rows[n + r] = lb[1]
     if tid == 0:
         partials[cuda.blockIdx.x] = acc
+        if need_aux:
+            partials[cuda.gridDim.x + cuda.blockIdx.x] = acc_aux
 '''
 
 _THREAD = _TEMPLATE_HEAD + '''    r = int64(cuda.blockIdx.x) * THREADS + tid
@@ -461,10 +566,18 @@ _THREAD = _TEMPLATE_HEAD + '''    r = int64(cuda.blockIdx.x) * THREADS + tid
         acc += lb[0]
         if per_row:
             loss_rows[r] = lb[0]
+        if need_aux:
+            acc_aux += lb[1]
+            if per_row:
+                loss_rows[n + r] = lb[1]
         r += step
     total = block_sum(acc)
     if tid == 0:
         partials[cuda.blockIdx.x] = total
+    if need_aux:  # the same for every thread of the launch: all of them take part in the block sum
+        total = block_sum(acc_aux)
+        if tid == 0:
+            partials[cuda.gridDim.x + cuda.blockIdx.x] = total
 '''
 
 
@@ -518,7 +631,7 @@ class _Build:
         """The driver kernel of ``spec`` as a Python function (to jit, or to compile to PTX)."""
         extra = {
             "_row_kernel": self.device_kernel(getattr(spec.kernel, "py_func", spec.kernel)),
-            "SCALE_BY_DENOM": SCALE_BY_DENOM, "NEED_GRAD": NEED_GRAD, "PER_ROW": PER_ROW,
+            "SCALE_BY_DENOM": SCALE_BY_DENOM, "NEED_GRAD": NEED_GRAD, "PER_ROW": PER_ROW, "NEED_AUX": NEED_AUX,
             "int64": int64, "float64": float64, "math": math,
         }
         source = driver_source(self.mode, n_params)
@@ -649,6 +762,10 @@ class CudaRowwise:
         use_ignore = "ignore_index" in params
         ignore_index = int(params["ignore_index"]) if use_ignore else -1
         flags = (NEED_GRAD if need_grad else 0) | (PER_ROW if need_value and reduction == "none" else 0)
+        aux = need_value and bool(params.get(spec.options.get("aux", ""), False))
+        parts = 2 if aux else 1
+        if aux:
+            flags |= NEED_AUX
         scale = 1.0
         denom = pl.scratch(1, np.float64)
         if form == "index":
@@ -697,7 +814,7 @@ class CudaRowwise:
 
         loss_native = None
         if flags & PER_ROW:
-            loss_native, lview = pl.empty(lead, out_dtype)
+            loss_native, lview = pl.empty((parts, *lead) if aux else lead, out_dtype)
             loss_rows = device.flat(lview)
         else:
             loss_rows = pl.scratch(0, out_dtype)
@@ -708,7 +825,7 @@ class CudaRowwise:
             blocks = max(1, min(n, config.MAX_BLOCKS))
         else:
             blocks = max(1, min(-(-n // threads), config.MAX_BLOCKS))
-        partials = pl.scratch(blocks, np.float64)
+        partials = pl.scratch(parts * blocks, np.float64)
         if n:
             kparams = [float(p) for p in spec.kernel_params(params)]
             kern = self.kernel(spec, real.name, threads, len(kparams))
@@ -717,17 +834,21 @@ class CudaRowwise:
 
         value = None
         if need_value:
-            if reduction == "none":
-                value = loss_native
-            else:
+            values = []
+            for part in range(parts):  # the loss, then its auxiliary part
+                if reduction == "none":
+                    values.append(loss_native[part:part + 1].reshape(lead) if aux else loss_native)
+                    continue
                 native, vview = pl.empty((1,), out_dtype)
                 if n:
                     fin_flags = flags & SCALE_BY_DENOM if reduction == "mean" else 0
                     fin_scale = scale if reduction == "mean" else 1.0
-                    tk.finalize[1, tk.threads, pl.stream](partials, vview, fin_scale, denom, fin_flags)
+                    tk.finalize[1, tk.threads, pl.stream](partials[part * blocks:(part + 1) * blocks], vview,
+                                                          fin_scale, denom, fin_flags)
                 else:
                     tk.fill[1, 1, pl.stream](vview, math.nan if reduction == "mean" else 0.0)
-                value = pl.scalar(native, vview)
+                values.append(pl.scalar(native, vview))
+            value = tuple(values) if aux else values[0]
 
         grads = ()
         rows = []

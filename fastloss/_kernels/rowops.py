@@ -39,7 +39,7 @@ from numba.extending import overload
 
 from .._compile import njit
 from .._config import FASTMATH
-from .mathfn import exp, log
+from .mathfn import exp, log, tanh
 
 #: Exponential loops run over a multiple of this many elements, so that LLVM's vector loop covers
 #: them completely (with a plain loop, the scalar remainder of every 1000-class row costs as much
@@ -267,6 +267,62 @@ def _scale_add1(g, c, a, t, b, w):
             g[j] = c * g[j] + b
 
 
+# -- soft-capped logits: c = cap tanh(x / cap), computed on the fly ------------------------------
+#
+# A kernel with logit soft-capping never stores the capped logits (that would be a logits-sized
+# buffer when only the loss is wanted, and the gradient needs tanh' of every logit anyway): these
+# loops cap each element as they read it, in float64.
+
+
+@_prim
+def _cap_exp_sum1(x, m, cap):
+    s = 0.0
+    for j in range(x.size):
+        s += exp(cap * tanh(np.float64(x[j]) / cap) - m)
+    return s
+
+
+@_prim
+def _cap_dot1(x, t, w, m, cap):
+    # sum_j t_j w_j (c_j - m); empty t or w read as ones
+    s = 0.0
+    has_t = t.size > 0
+    has_w = w.size > 0
+    for j in range(x.size):
+        v = cap * tanh(np.float64(x[j]) / cap) - m
+        if has_t:
+            v *= np.float64(t[j])
+        if has_w:
+            v *= w[j]
+        s += v
+    return s
+
+
+@_prim
+def _cap_scale_add1(g, x, m, c, a, t, b, w, cap):
+    # g_j <- (c exp(c_j - m) + (a t_j + b) w_j) (1 - tanh^2(x_j / cap)); g may be x
+    has_t = t.size > 0
+    has_w = w.size > 0
+    if _same(g, x):  # one array, as in _exp_sum1: an aliasing pair would be sent to scalar code
+        for j in range(g.size):
+            th = tanh(np.float64(g[j]) / cap)
+            u = b
+            if has_t:
+                u += a * np.float64(t[j])
+            if has_w:
+                u *= w[j]
+            g[j] = (c * exp(cap * th - m) + u) * (1.0 - th * th)
+    else:
+        for j in range(g.size):
+            th = tanh(np.float64(x[j]) / cap)
+            u = b
+            if has_t:
+                u += a * np.float64(t[j])
+            if has_w:
+                u *= w[j]
+            g[j] = (c * exp(cap * th - m) + u) * (1.0 - th * th)
+
+
 # -- block primitives (rows of a C-contiguous 2-D block) -----------------------------------------
 #
 # Reductions over a row longer than SEGMENT add up per-piece results in piece order, exactly as the
@@ -422,6 +478,48 @@ def add_at(g, y, b):
         g[r, y[r]] += b[r]
 
 
+@_prim
+def cap_exp_sum(x, m, cap):
+    """``s_r = sum_j exp(c_rj - m_r)`` with ``c = cap tanh(x / cap)`` (``m``: the capped row maximum).
+
+    Reads ``x`` only: soft-capped kernels never hold the capped logits (see :func:`cap_scale_add`).
+    """
+    nr, nc = x.shape
+    out = np.empty(nr)
+    for r in range(nr):
+        s = 0.0
+        for lo in range(0, nc, SEGMENT):
+            s = _add(s, _cap_exp_sum1(x[r, lo:min(lo + SEGMENT, nc)], m[r], cap))
+        out[r] = s
+    return out
+
+
+@_prim
+def cap_dot(x, t, w, m, cap):
+    """``sum_j t_rj w_j (c_rj - m_r)`` per row with ``c = cap tanh(x / cap)`` (empty ``t`` or ``w``: ones)."""
+    nr, nc = x.shape
+    out = np.empty(nr)
+    for r in range(nr):
+        tr = t[r] if t.size else _no_row(t)
+        s = 0.0
+        for lo in range(0, nc, SEGMENT):
+            hi = min(lo + SEGMENT, nc)
+            s = _add(s, _cap_dot1(x[r, lo:hi], tr[lo:hi] if t.size else tr, w[lo:hi] if w.size else w, m[r], cap))
+        out[r] = s
+    return out
+
+
+@_prim
+def cap_scale_add(g, x, m, c, a, t, b, w, cap):
+    """``g_rj <- (c_r exp(c_rj - m_r) + (a t_rj + b) w_j) (1 - tanh^2(x_rj / cap))``, ``c = cap tanh(x / cap)``.
+
+    The soft-capped counterpart of ``exp_sum`` + ``scale_add``: the gradient with respect to the
+    capped logits times the derivative of the cap, element by element (``g`` may be ``x``).
+    """
+    for r in range(g.shape[0]):
+        _cap_scale_add1(g[r], x[r], m[r], c[r], a, t[r] if t.size else _no_row(t), b, w, cap)
+
+
 # -- split twins: one row at a time, its pieces in parallel --------------------------------------
 
 
@@ -529,6 +627,44 @@ def _scale_add_split(g, c, a, t, b, w):
         _scale_add1(g[r, lo:hi], c[r], a, t[r, lo:hi] if t.size else _no_row(t), b, w[lo:hi] if w.size else w)
 
 
+@_split
+def _cap_exp_sum_split(x, m, cap):
+    nr, nc = x.shape
+    ns = _pieces(nc)
+    part = np.empty(nr * ns)
+    for k in prange(nr * ns):
+        r = k // ns
+        lo = (k - r * ns) * SEGMENT
+        part[k] = _cap_exp_sum1(x[r, lo:min(lo + SEGMENT, nc)], m[r], cap)
+    return _combine(part, nr, ns)
+
+
+@_split
+def _cap_dot_split(x, t, w, m, cap):
+    nr, nc = x.shape
+    ns = _pieces(nc)
+    part = np.empty(nr * ns)
+    for k in prange(nr * ns):
+        r = k // ns
+        lo = (k - r * ns) * SEGMENT
+        hi = min(lo + SEGMENT, nc)
+        part[k] = _cap_dot1(x[r, lo:hi], t[r, lo:hi] if t.size else _no_row(t), w[lo:hi] if w.size else w,
+                            m[r], cap)
+    return _combine(part, nr, ns)
+
+
+@_split
+def _cap_scale_add_split(g, x, m, c, a, t, b, w, cap):
+    nr, nc = g.shape
+    ns = _pieces(nc)
+    for k in prange(nr * ns):
+        r = k // ns
+        lo = (k - r * ns) * SEGMENT
+        hi = min(lo + SEGMENT, nc)
+        _cap_scale_add1(g[r, lo:hi], x[r, lo:hi], m[r], c[r], a, t[r, lo:hi] if t.size else _no_row(t), b,
+                        w[lo:hi] if w.size else w, cap)
+
+
 #: The primitives a kernel may call (``R.<name>``), and their split twins.
 PRIMITIVES = {
     "row_max": (row_max, _row_max_split),
@@ -540,6 +676,9 @@ PRIMITIVES = {
     "scale_rows": (scale_rows, _scale_rows_split),
     "scale_add": (scale_add, _scale_add_split),
     "add_at": (add_at, add_at),
+    "cap_exp_sum": (cap_exp_sum, _cap_exp_sum_split),
+    "cap_dot": (cap_dot, _cap_dot_split),
+    "cap_scale_add": (cap_scale_add, _cap_scale_add_split),
 }
 
 #: A stand-in for this module with every primitive replaced by its split twin.

@@ -24,7 +24,9 @@ The kernel contract (what a rowwise ``LossSpec.kernel`` is)::
     The factor that folds the reduction into the gradient (``1/n``, ``1/sum(w[y])`` or ``1``):
     the kernel writes ``scale * d loss_r / d x_r``.
 ``loss``
-    float64 ``(rows,)``: the kernel writes each row's loss (class weights included).
+    float64 ``(rows,)``: the kernel writes each row's loss (class weights included). A loss that
+    declares an auxiliary part (``LossSpec.options["aux"]``, e.g. cross entropy's z-loss) gets
+    ``(2 * rows,)`` when the caller asked for that part, and writes it to ``loss[rows + r]``.
 ``params``
     The loss's hyper-parameters as floats.
 
@@ -62,6 +64,7 @@ from .tuples import chunk_stats
 NEED_GRAD = 1
 PER_ROW = 2
 NEED_STATS = 4
+NEED_AUX = 8
 
 
 def _row_kernel(*args):  # placeholder, rebound per loss by ``specialise``
@@ -85,7 +88,8 @@ def rowwise_driver(x, y, t, w, g, loss_rows, params, scale, ignore_index, flags,
     g : (n, classes) or (0, classes)
         Gradient output (may be ``x``), or empty when ``flags`` lacks ``NEED_GRAD``.
     loss_rows : (n,) float64 or empty
-        Per-row losses for ``reduction="none"`` (when ``flags & PER_ROW``).
+        Per-row losses for ``reduction="none"`` (when ``flags & PER_ROW``); ``(2 n,)`` with
+        ``NEED_AUX``, the auxiliary parts after the losses.
     params : tuple of float
         The kernel's hyper-parameters.
     scale : float
@@ -93,7 +97,7 @@ def rowwise_driver(x, y, t, w, g, loss_rows, params, scale, ignore_index, flags,
     ignore_index : int
         Rows whose class index equals it get zero loss and zero gradient.
     partials : float64 array of ``nblocks(n, classes)``
-        Scratch for per-block sums.
+        Per-block sums; twice as long with ``NEED_AUX``, the auxiliary parts' sums after them.
     stats : float64 array ``(nblocks(n, classes), 3)``
         Per-block gradient statistics (when ``flags & NEED_STATS``).
 
@@ -110,6 +114,7 @@ def rowwise_driver(x, y, t, w, g, loss_rows, params, scale, ignore_index, flags,
     need_grad = (flags & NEED_GRAD) != 0
     per_row = (flags & PER_ROW) != 0
     need_stats = (flags & NEED_STATS) != 0
+    need_aux = (flags & NEED_AUX) != 0
     for b in prange(nb):
         lo = b * rpb
         hi = min(lo + rpb, n)
@@ -124,12 +129,14 @@ def rowwise_driver(x, y, t, w, g, loss_rows, params, scale, ignore_index, flags,
                 nignored += 1
             else:
                 yk[i] = yb[i]
-        lb = np.empty(nr)
+        lb = np.empty(2 * nr if need_aux else nr)
         _row_kernel(x[lo:hi], yk, tb, w, gb, scale, lb, *params)
         if nignored:
             for i in range(nr):
                 if yb[i] == ignore_index:
                     lb[i] = 0.0
+                    if need_aux:
+                        lb[nr + i] = 0.0
                     if need_grad:
                         gb[i, :] = 0.0
         acc = 0.0
@@ -137,7 +144,14 @@ def rowwise_driver(x, y, t, w, g, loss_rows, params, scale, ignore_index, flags,
             acc += lb[i]
         partials[b] = acc
         if per_row:
-            loss_rows[lo:hi] = lb
+            loss_rows[lo:hi] = lb[:nr]
+        if need_aux:
+            acc = 0.0
+            for i in range(nr):
+                acc += lb[nr + i]
+            partials[nb + b] = acc
+            if per_row:
+                loss_rows[n + lo:n + hi] = lb[nr:]
         if need_stats:
             chunk_stats((gb.reshape(-1),), stats[b])
     total = 0.0

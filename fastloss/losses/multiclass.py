@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from .._kernels import rowops as R
-from .._kernels.mathfn import exp, expm1, log
+from .._kernels.mathfn import exp, expm1, log, tanh
 from .._registry import register
 from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
 
@@ -83,8 +83,8 @@ def _options(targets=("index",), ignore_index=True, class_weight=True, mean="wei
 
 
 def _log_p_target(x, y, w, g):
-    """``log p_y`` and the class weight ``w_y`` per row, and the row sums ``s``; ``g <- exp(x - m)``
-    when ``g`` is not empty."""
+    """``log p_y``, the row sums ``s``, the class weight ``w_y`` and the row maximum ``m`` per row;
+    ``g <- exp(x - m)`` when ``g`` is not empty."""
     nr = x.shape[0]
     xy = R.gather(x, y)
     m = R.row_max(x)
@@ -97,7 +97,7 @@ def _log_p_target(x, y, w, g):
     if w.size:  # a loop of its own: a conditional load would keep the loops above scalar
         for r in range(nr):
             wy[r] = w[y[r]]
-    return logp, s, wy
+    return logp, s, wy, m
 
 
 def _target_grad(g, y, s, wy, scale, dpsi):
@@ -116,39 +116,80 @@ def _target_grad(g, y, s, wy, scale, dpsi):
 # -- cross entropy ------------------------------------------------------------------------------
 
 
-def _cross_entropy(x, y, t, w, g, scale, loss, label_smoothing):
-    nr, nc = x.shape
-    if y.size and label_smoothing == 0.0:
-        logp, s, wy = _log_p_target(x, y, w, g)
-        d = np.empty(nr)
+def _cross_entropy(x, y, t, w, g, scale, loss, label_smoothing, z_loss, softcap):
+    nr = x.shape[0]
+    if y.size and label_smoothing == 0.0 and softcap == 0.0:
+        # the common case on its own: one exp pass, the gradient written over exp(x - m)
+        logp, s, wy, m = _log_p_target(x, y, w, g)
+        aux = loss.size > nr
+        c = np.empty(nr)
+        b = np.empty(nr)
         for r in range(nr):
-            loss[r] = -wy[r] * logp[r]
-            d[r] = -1.0
+            zr = z_loss * wy[r]
+            zt = 0.0
+            dz = 0.0
+            if zr != 0.0:  # (an infinite lse must not turn a zero coefficient into NaN)
+                lse = m[r] + log(s[r])
+                zt = zr * lse * lse
+                dz = 2.0 * zr * lse
+            loss[r] = -wy[r] * logp[r] + zt
+            if aux:
+                loss[nr + r] = zt
+            c[r] = scale * (wy[r] + dz) / s[r]
+            b[r] = -scale * wy[r]
         if g.shape[0]:
-            _target_grad(g, y, s, wy, scale, d)
+            R.scale_rows(g, c)
+            R.add_at(g, y, b)
         return
-    # Label smoothing and/or probability targets. With t' = (1 - eps) t + eps / C (t one-hot for
-    # class indices) the loss is sum_j w_j t'_j (lse - x_j) and its gradient
-    # (sum_k w_k t'_k) p_j - w_j t'_j. Sums are taken of x - m to keep lse - x small.
-    eps = label_smoothing
+    _smoothed_cross_entropy(x, y, t, w, g, scale, loss, label_smoothing, z_loss, softcap)
+
+
+def _softcapped(v, cap):
+    """``(cap tanh(v / cap), 1 - tanh^2(v / cap))``, or ``(v, 1)`` when ``cap`` is 0 (no capping)."""
+    if cap == 0.0:
+        return v, 1.0
+    th = tanh(v / cap)
+    return cap * th, 1.0 - th * th
+
+
+def _smoothed_cross_entropy(x, y, t, w, g, scale, loss, eps, z_loss, cap):
+    # Label smoothing, probability targets and/or soft-capping. With t' = (1 - eps) t + eps / C
+    # (t one-hot for class indices) the loss is sum_j w_j t'_j (lse - c_j) and its gradient with
+    # respect to the (capped) logits c is (sum_k w_k t'_k) p_j - w_j t'_j. Sums are taken of c - m
+    # to keep lse - c small. Capped logits c = cap tanh(x / cap) are never stored: the cap_*
+    # primitives cap each logit as they read it, and multiply the gradient by the cap's derivative.
+    nr, nc = x.shape
     wtot = 0.0
     for j in range(w.size):
         wtot += w[j]
     if not w.size:
         wtot = float(nc)
     none = t[:0]
-    m = R.row_max(x)
+    capped = cap > 0.0
+    mx = R.row_max(x)
+    m = np.empty(nr)  # fresh vectors (not the primitives' results) are written: see fastloss._cuda.rowwise
+    for r in range(nr):  # tanh is increasing: the maximum of the capped row is the capped maximum
+        m[r] = _softcapped(mx[r], cap)[0]
     zero = np.zeros(nr)
-    sx = R.dot(x, none, w, m) if eps > 0.0 else zero  # sum_j w_j (x_j - m)
+    sx = zero
+    if eps > 0.0:  # sum_j w_j (c_j - m)
+        sx = R.cap_dot(x, none, w, m, cap) if capped else R.dot(x, none, w, m)
+    xy = np.zeros(nr)  # c_y
+    dy = np.ones(nr)  # d c_y / d x_y
+    stx = zero
+    swt = zero
     if y.size:
-        xy = R.gather(x, y)
-        stx = zero
-        swt = zero
+        xg = R.gather(x, y)
+        for r in range(nr):
+            xy[r], dy[r] = _softcapped(xg[r], cap)
     else:
-        xy = zero
-        stx = R.dot(x, t, w, m)  # sum_j w_j t_j (x_j - m)
+        stx = R.cap_dot(x, t, w, m, cap) if capped else R.dot(x, t, w, m)  # sum_j w_j t_j (c_j - m)
         swt = R.dot(t, none, w, zero)  # sum_j w_j t_j
-    s = R.exp_sum(x, m, g)
+    if capped:
+        s = R.cap_exp_sum(x, m, cap)
+    else:
+        s = R.exp_sum(x, m, g)  # g <- exp(x - m)
+    aux = loss.size > nr
     c = np.empty(nr)
     b = np.empty(nr)
     for r in range(nr):
@@ -156,18 +197,31 @@ def _cross_entropy(x, y, t, w, g, scale, loss, label_smoothing):
         if y.size:
             wy = w[y[r]] if w.size else 1.0
             a = (1.0 - eps) * wy + eps * wtot / nc
-            loss[r] = (1.0 - eps) * wy * (ls - (xy[r] - m[r])) + eps / nc * (wtot * ls - sx[r])
-            b[r] = -scale * (1.0 - eps) * wy
+            ce = (1.0 - eps) * wy * (ls - (xy[r] - m[r])) + eps / nc * (wtot * ls - sx[r])
+            b[r] = -scale * (1.0 - eps) * wy * dy[r]
         else:
+            wy = 1.0  # probability targets: the mean is over samples, the z-loss unweighted
             a = (1.0 - eps) * swt[r] + eps * wtot / nc
-            loss[r] = a * ls - ((1.0 - eps) * stx[r] + eps / nc * sx[r])
-        c[r] = scale * a / s[r]
+            ce = a * ls - ((1.0 - eps) * stx[r] + eps / nc * sx[r])
+        zr = z_loss * wy
+        zt = 0.0
+        dz = 0.0
+        if zr != 0.0:
+            lse = m[r] + ls
+            zt = zr * lse * lse
+            dz = 2.0 * zr * lse
+        loss[r] = ce + zt
+        if aux:
+            loss[nr + r] = zt
+        c[r] = scale * (a + dz) / s[r]
     if g.shape[0]:
-        if y.size:
-            R.scale_add(g, c, 0.0, none, -scale * eps / nc, w)
-            R.add_at(g, y, b)
+        at = 0.0 if y.size else -scale * (1.0 - eps)
+        if capped:
+            R.cap_scale_add(g, x, m, c, at, t, -scale * eps / nc, w, cap)
         else:
-            R.scale_add(g, c, -scale * (1.0 - eps), t, -scale * eps / nc, w)
+            R.scale_add(g, c, at, t, -scale * eps / nc, w)
+        if y.size:
+            R.add_at(g, y, b)
 
 
 cross_entropy = register(LossSpec(
@@ -175,16 +229,36 @@ cross_entropy = register(LossSpec(
     kind="rowwise",
     kernel=_cross_entropy,
     inputs=(LOGITS, TARGET),
-    params=(Param("label_smoothing", 0.0, "Weight of the uniform distribution mixed into the target",
-                  Interval(0.0, 1.0), special=(1.0,)),),
+    params=(
+        Param("label_smoothing", 0.0, "Weight of the uniform distribution mixed into the target",
+              Interval(0.0, 1.0), special=(1.0,)),
+        Param("z_loss", 0.0, "Coefficient of PaLM's z-loss ``z_loss * logsumexp(logits)**2`` added to each "
+              "sample's loss (weighted by ``weight[y]`` like the sample; gradient included)",
+              Interval(0.0, math.inf), special=(0.05,)),
+        Param("softcap", None, "Logit soft-capping: the softmax sees ``softcap * tanh(logits / softcap)`` "
+              "(Gemma 2); ``None``: no capping", Interval(0.0, math.inf, (False, False)), special=(2.5,),
+              optional=True),
+        Param("return_z_loss", False, "Also return the z-loss part of the value, reduced like the loss: "
+              "the value becomes a ``(loss, z_loss_part)`` pair (JAX's ``has_aux`` layout)", type=bool),
+    ),
+    prepare=lambda p: (p["label_smoothing"], p["z_loss"], p["softcap"] or 0.0),
     summary="Softmax cross entropy of logits and class indices or class probabilities.",
-    formula=r"\ell_i = \sum_j w_j\, t'_{ij} \left(\log \sum_k e^{x_{ik}} - x_{ij}\right),\quad "
+    formula=r"\ell_i = \sum_j w_j\, t'_{ij} \left(\log \sum_k e^{c_{ik}} - c_{ij}\right)"
+            r" + \zeta\, w_{y_i} \Big(\log \sum_k e^{c_{ik}}\Big)^2,\quad "
             r"t'_{ij} = (1 - \varepsilon)\, t_{ij} + \varepsilon / C"
             "\n"
-            r"\text{(class index } y_i\text{: } t_{ij} = [j = y_i]\text{, the } (1 - \varepsilon) \text{ term weighted by } w_{y_i})",
-    gradient=r"\partial \ell_i / \partial x_{ij} = \Big(\sum_k w_k t'_{ik}\Big) \operatorname{softmax}(x_i)_j - w_j t'_{ij}",
+            r"\text{(class index } y_i\text{: } t_{ij} = [j = y_i]\text{, the } (1 - \varepsilon) \text{ term weighted by } w_{y_i}"
+            r"\text{; probabilities: } w_{y_i} = 1)"
+            "\n"
+            r"c_{ij} = s \tanh(x_{ij} / s) \text{ with } \texttt{softcap} = s\text{, else } c_{ij} = x_{ij}"
+            r"\text{;}\ \zeta = \texttt{z\_loss}",
+    gradient=r"\partial \ell_i / \partial x_{ij} = \Big[\Big(\sum_k w_k t'_{ik} + 2 \zeta w_{y_i} \operatorname{lse}(c_i)\Big)"
+             r" \operatorname{softmax}(c_i)_j - w_j t'_{ij}\Big]\, \frac{\partial c_{ij}}{\partial x_{ij}},\quad"
+             r" \frac{\partial c_{ij}}{\partial x_{ij}} = 1 - \tanh^2(x_{ij} / s)",
     reference="Shannon, C. E. (1948). A Mathematical Theory of Communication; label smoothing: Szegedy, C. et al. "
-              "(2016). Rethinking the Inception Architecture for Computer Vision. CVPR.",
+              "(2016). Rethinking the Inception Architecture for Computer Vision. CVPR; z-loss: Chowdhery, A. et al. "
+              "(2022). PaLM: Scaling Language Modeling with Pathways, sec. 5; soft-capping: Gemma Team (2024). "
+              "Gemma 2: Improving Open Language Models at a Practical Size.",
     equivalents={"PyTorch": "torch.nn.functional.cross_entropy",
                  "optax": "optax.losses.softmax_cross_entropy_with_integer_labels / softmax_cross_entropy"},
     semantics=("Matches ``torch.nn.functional.cross_entropy`` for class-index and probability targets, "
@@ -193,7 +267,13 @@ cross_entropy = register(LossSpec(
                "targets (all ignored: NaN), with probabilities by the number of samples. The class axis is "
                "``axis`` (PyTorch: dimension 1), so ``(batch, seq, vocab)`` logits need no transpose. "
                "``value_and_grad(logits, y, out=logits)`` writes the gradient over the logits "
-               "(Liger-Kernel style) with no logits-sized temporary."),
+               "(Liger-Kernel style) with no logits-sized temporary. ``z_loss`` and ``softcap`` are not in "
+               "PyTorch's function: they equal ``softcap * tanh(logits / softcap)`` fed to it, plus "
+               "``z_loss * logsumexp**2`` per sample, weighted and averaged like the sample's cross entropy "
+               "(without class weights: the mean over the non-ignored tokens, as in PaLM and Liger-Kernel). "
+               "Both run in the same fused pass; the capped logits are never stored. With "
+               "``return_z_loss=True`` the value is ``(loss, z_loss_part)`` (``value_and_grad`` returns "
+               "``((loss, z_loss_part), grad)``), the part computed in the same pass, for logging."),
     properties=Properties("multiclass classification", "medium (log-loss grows linearly in the logit margin)",
                           "bounded: softmax minus target", "classifiers, language models", "medium (one exp per logit)"),
     example="""
@@ -205,7 +285,7 @@ cross_entropy = register(LossSpec(
     >>> round(float(loss), 6), g[1].tolist()
     (0.241311, [0.0, 0.0, 0.0])
     """,
-    options=_options(targets=("index", "probs")),
+    options={**_options(targets=("index", "probs")), "aux": "return_z_loss"},
 ))
 
 
@@ -215,7 +295,7 @@ cross_entropy = register(LossSpec(
 def _softmax_focal(x, y, t, w, g, scale, loss, gamma):
     # psi(L) = -(1 - e^L)^gamma L,  psi'(L) = gamma (1 - p)^(gamma - 1) p L - (1 - p)^gamma
     nr = x.shape[0]
-    logp, s, wy = _log_p_target(x, y, w, g)
+    logp, s, wy, _ = _log_p_target(x, y, w, g)
     d = np.empty(nr)
     for r in range(nr):
         lp = logp[r]
@@ -393,7 +473,7 @@ kl_divergence = register(LossSpec(
 def _generalized_cross_entropy(x, y, t, w, g, scale, loss, q):
     # psi(L) = (1 - e^(q L)) / q,  psi'(L) = -e^(q L) = -p_y^q
     nr = x.shape[0]
-    logp, s, wy = _log_p_target(x, y, w, g)
+    logp, s, wy, _ = _log_p_target(x, y, w, g)
     d = np.empty(nr)
     for r in range(nr):
         loss[r] = -wy[r] * expm1(q * logp[r]) / q
@@ -435,7 +515,7 @@ generalized_cross_entropy = register(LossSpec(
 def _poly1_cross_entropy(x, y, t, w, g, scale, loss, epsilon):
     # psi(L) = -L + epsilon (1 - e^L),  psi'(L) = -1 - epsilon p_y
     nr = x.shape[0]
-    logp, s, wy = _log_p_target(x, y, w, g)
+    logp, s, wy, _ = _log_p_target(x, y, w, g)
     d = np.empty(nr)
     for r in range(nr):
         loss[r] = wy[r] * (-logp[r] - epsilon * expm1(logp[r]))

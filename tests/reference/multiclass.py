@@ -30,26 +30,45 @@ def _finish(loss, grad, keep):
     return np.where(keep, loss, 0.0), np.where(keep[:, None], grad, 0.0)
 
 
-def cross_entropy(x, target, weight=None, ignore_index=None, label_smoothing=0.0):
+def cross_entropy(x, target, weight=None, ignore_index=None, label_smoothing=0.0, z_loss=0.0, softcap=None,
+                  return_z_loss=False):
+    """Cross entropy of ``c = softcap * tanh(x / softcap)`` (or ``x``) plus ``z_loss * lse(c)**2`` per
+    sample, weighted by ``weight[y]`` (index targets) like the sample; gradient through the cap."""
     n, c = x.shape
     eps = label_smoothing
-    lp = log_softmax(x)
+    z = x if softcap is None else softcap * np.tanh(x / softcap)
+    dz = np.ones_like(x) if softcap is None else 1.0 - np.tanh(x / softcap) ** 2
+    m = np.max(z, axis=1, keepdims=True)
+    lse = (m + np.log(np.sum(np.exp(z - m), axis=1, keepdims=True)))[:, 0]
+    lp = z - lse[:, None]
     p = np.exp(lp)
     w = np.ones(c) if weight is None else np.asarray(weight, float)
     if np.asarray(target).dtype.kind == "f":  # probabilities
         tt = (1 - eps) * target + eps / c
-        loss = -np.sum(w * tt * lp, axis=1)
-        grad = np.sum(w * tt, axis=1, keepdims=True) * p - w * tt
+        loss = -np.sum(w * tt * lp, axis=1) + z_loss * lse**2
+        grad = (np.sum(w * tt, axis=1, keepdims=True) * p - w * tt + 2 * z_loss * lse[:, None] * p) * dz
         return loss, grad, float(n)
     keep, ys, w, onehot = _index_setup(x, target, weight, ignore_index)
     # torch: (1 - eps) * nll(weight) + eps / C * sum_j w_j (-log p_j)
-    nll = -w[ys] * lp[np.arange(n), ys]
+    wy = w[ys]
+    nll = -wy * lp[np.arange(n), ys]
     smooth = -np.sum(w * lp, axis=1)
-    loss = (1 - eps) * nll + eps / c * smooth
-    tt = (1 - eps) * onehot * w[ys][:, None] + eps / c * w  # = w_j t'_j
-    grad = np.sum(tt, axis=1, keepdims=True) * p - tt
+    loss = (1 - eps) * nll + eps / c * smooth + z_loss * wy * lse**2
+    tt = (1 - eps) * onehot * wy[:, None] + eps / c * w  # = w_j t'_j
+    grad = (np.sum(tt, axis=1, keepdims=True) * p - tt + 2 * z_loss * (wy * lse)[:, None] * p) * dz
     loss, grad = _finish(loss, grad, keep)
-    return loss, grad, float(np.sum(w[ys][keep]))
+    return loss, grad, float(np.sum(wy[keep]))
+
+
+def cross_entropy_z_part(x, target, weight=None, ignore_index=None, z_loss=0.0, softcap=None):
+    """The z-loss part of :func:`cross_entropy`'s per-sample losses (0 for ignored samples)."""
+    z = x if softcap is None else softcap * np.tanh(x / softcap)
+    m = np.max(z, axis=1, keepdims=True)
+    lse = (m + np.log(np.sum(np.exp(z - m), axis=1, keepdims=True)))[:, 0]
+    if np.asarray(target).dtype.kind == "f":
+        return z_loss * lse**2
+    keep, ys, w, _ = _index_setup(x, target, weight, ignore_index)
+    return np.where(keep, z_loss * w[ys] * lse**2, 0.0)
 
 
 def softmax_focal(x, target, weight=None, ignore_index=None, gamma=2.0):
