@@ -386,3 +386,25 @@ def test_rowwise_stats_and_determinism():
     assert st.norm == pytest.approx(want.norm, rel=1e-12) and st.nonfinite == 0
     runs = {float(fl.cross_entropy(dev(x), dev(y))) for _ in range(3)}
     assert len(runs) == 1
+
+
+@pytest.mark.parametrize("form", ["index", "probs"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_z_loss_softcap_and_z_part_match_cpu(form, reduction):
+    """Issue 9's options on the device: the same fused kernel, and the z-loss part as a second value."""
+    rng = np.random.default_rng(21)
+    x = rng.normal(0.0, 4.0, size=(5, 11))
+    if form == "index":
+        y = rng.integers(0, 11, 5)
+        y[2] = -100
+    else:
+        y = rng.dirichlet(np.ones(11), 5)
+    kw = dict(z_loss=0.02, softcap=3.0, label_smoothing=0.1, reduction=reduction, return_z_loss=True)
+    (v, zpart), g = fl.cross_entropy.value_and_grad(dev(x), dev(y), **kw)
+    (want_v, want_z), want_g = fl.cross_entropy.value_and_grad(x, y, **kw)
+    close(v, want_v)
+    close(zpart, want_z)
+    close(g, want_g)
+    xd = dev(x)
+    _, gi = fl.cross_entropy.value_and_grad(xd, dev(y), out=xd, z_loss=0.02, softcap=3.0)
+    close(gi, fl.cross_entropy.grad(x, y, z_loss=0.02, softcap=3.0))
