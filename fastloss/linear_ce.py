@@ -24,7 +24,6 @@ importable; without SciPy the update goes through a temporary of at most the chu
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import operator
 from typing import Any
@@ -84,9 +83,10 @@ class LinearCrossEntropy:
     ``torch.nn.functional.cross_entropy`` semantics, but the peak extra memory is one
     ``(chunk_size, V)`` buffer instead of the ``(tokens, V)`` logits and their gradient. The
     outputs ``grad_hidden`` and ``grad_weight`` are new arrays of the shapes of ``hidden`` and
-    ``weight``. Inputs are never modified. CUDA arrays are not supported yet: the call raises an
-    error naming what is missing (numba-cuda, CuPy or PyTorch) or, with all of it installed,
-    ``NotImplementedError``.
+    ``weight``. Inputs are never modified. CUDA arrays (CuPy, PyTorch, Numba; all of one kind)
+    run the same chunk loop on the device (:mod:`fastloss._cuda.linear_ce`): matmuls through cuBLAS
+    via CuPy or PyTorch (a tiled Numba kernel for Numba device arrays), the fused CUDA
+    cross-entropy kernel in place on each chunk, results of the inputs' type.
 
     Examples
     --------
@@ -178,47 +178,26 @@ def _run(hidden, weight, target, bias, ignore_index, label_smoothing, z_loss, so
          chunk_size, *, need_grad):
     from ._cuda import is_device_array
 
-    if any(is_device_array(a) for a in (hidden, weight, target, bias)):
-        _check_cuda(hidden, weight, target, bias)
+    if any(a is not None and not isinstance(a, np.ndarray) and is_device_array(a)
+           for a in (hidden, weight, target, bias)):
+        _check_same_device(hidden, weight, target, bias)
+        from ._cuda import linear_ce as cuda_linear_ce
+
+        return cuda_linear_ce.run(hidden, weight, target, bias, ignore_index, label_smoothing, z_loss, softcap,
+                                  reduction, chunk_size, need_grad=need_grad)
     h, w, b, y, opts = _validate(hidden, weight, target, bias, ignore_index, label_smoothing, z_loss,
                                  softcap, reduction, chunk_size)
     return _chunk_loop(h, w, b, y, opts, need_grad=need_grad)
 
 
-def _check_cuda(hidden, weight, target, bias) -> None:
-    """CUDA inputs: say precisely what is missing (same device, numba-cuda, CuPy or PyTorch, a GPU)."""
-    from ._cuda import device, is_device_array
+def _check_same_device(hidden, weight, target, bias) -> None:
+    from ._cuda import is_device_array
 
     named = {"hidden": hidden, "weight": weight, "target": target, "bias": bias}
     host = [name for name, a in named.items() if a is not None and not is_device_array(a)]
     if host:
         raise TypeError(f"{_NAME}: {', '.join(host)} on the host but other inputs are CUDA arrays; "
                         "pass all inputs on the same device")
-    missing = []
-    if not device.numba_cuda_installed():
-        missing.append(f"numba-cuda for the fused cross-entropy kernel ({device.INSTALL_HINT})")
-    frameworks = {type(a).__module__.partition(".")[0] for a in named.values() if a is not None}
-    if not _cuda_matmul_available(frameworks):
-        missing.append("CuPy or a CUDA build of PyTorch for the matmuls (pip install cupy-cuda12x, or torch "
-                       "from https://pytorch.org/get-started/locally/)")
-    if missing:
-        raise ImportError(f"{_NAME}: CUDA arrays need " + " and ".join(missing))
-    device.load()  # numba-cuda's own explanation when no GPU is usable
-    raise NotImplementedError(
-        f"{_NAME}: the chunked CUDA path is not implemented yet; on the GPU, materialise the logits and call "
-        "fl.cross_entropy.value_and_grad(logits, target, out=logits), which overwrites them with their gradient"
-    )
-
-
-def _cuda_matmul_available(frameworks: set[str]) -> bool:
-    """Whether CuPy or a CUDA build of PyTorch can do the matmuls (the inputs' own framework can)."""
-    if frameworks & {"torch", "cupy"} or importlib.util.find_spec("cupy") is not None:
-        return True
-    if importlib.util.find_spec("torch") is None:
-        return False
-    import torch
-
-    return torch.version.cuda is not None
 
 
 def _float_array(name: str, x, dtype: np.dtype | None = None) -> np.ndarray:
@@ -253,15 +232,29 @@ def _validate(hidden, weight, target, bias, ignore_index, label_smoothing, z_los
         if b.shape != (vocab,):
             raise ValueError(f"{_NAME}: bias must have shape (V,) = ({vocab},); got {b.shape}")
         b = np.ascontiguousarray(b)
+    lead = h.shape[:-1]
+    y, count = check_labels(target, lead, vocab, ignore_index, f"hidden {h.shape} without its last axis")
+    chunk_size = check_options(reduction, label_smoothing, z_loss, softcap, chunk_size)
+    h2 = np.ascontiguousarray(h.reshape(-1, h.shape[-1]))
+    opts = {
+        "lead": lead,
+        "count": count,
+        "reduction": reduction,
+        "chunk_size": chunk_size,
+        "ce": _ce_options(ignore_index, label_smoothing, z_loss, softcap),
+    }
+    return h2, np.ascontiguousarray(w), b, y, opts
+
+
+def check_labels(target, lead: tuple, vocab: int, ignore_index, lead_doc: str) -> tuple[np.ndarray, int]:
+    """Host target as flat int64 labels, validated, and the number of non-ignored ones."""
     if target is None:
         raise TypeError(f"{_NAME}: target is required, got None")
     t = np.asarray(target)
     if t.dtype.kind not in "iu":
         raise TypeError(f"{_NAME}: target must hold integer class indices, got dtype {t.dtype}")
-    lead = h.shape[:-1]
     if t.shape != lead:
-        raise ValueError(f"{_NAME}: target must have shape {lead} (hidden {h.shape} without its last axis); "
-                         f"got {t.shape}")
+        raise ValueError(f"{_NAME}: target must have shape {lead} ({lead_doc}); got {t.shape}")
     ignore_index = operator.index(ignore_index)
     y = t.reshape(-1).astype(np.int64, copy=False)
     kept = y != ignore_index
@@ -271,6 +264,11 @@ def _validate(hidden, weight, target, bias, ignore_index, label_smoothing, z_los
         where = ", ".join(map(str, np.unravel_index(i, t.shape))) if t.ndim else ""
         raise ValueError(f"{_NAME}: target[{where}] = {y[i]} is not a class index in [0, {vocab}) "
                          f"or ignore_index={ignore_index}")
+    return y, int(np.count_nonzero(kept))
+
+
+def check_options(reduction, label_smoothing, z_loss, softcap, chunk_size) -> int | None:
+    """Validate the scalar options; the chunk size as an int (or None)."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"{_NAME}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if not 0.0 <= label_smoothing <= 1.0:
@@ -283,15 +281,7 @@ def _validate(hidden, weight, target, bias, ignore_index, label_smoothing, z_los
         chunk_size = operator.index(chunk_size)
         if chunk_size < 1:
             raise ValueError(f"{_NAME}: chunk_size must be a positive integer, got {chunk_size}")
-    h2 = np.ascontiguousarray(h.reshape(-1, h.shape[-1]))
-    opts = {
-        "lead": lead,
-        "count": int(np.count_nonzero(kept)),
-        "reduction": reduction,
-        "chunk_size": chunk_size,
-        "ce": _ce_options(ignore_index, label_smoothing, z_loss, softcap),
-    }
-    return h2, np.ascontiguousarray(w), b, y, opts
+    return chunk_size
 
 
 def _ce_options(ignore_index: int, label_smoothing: float, z_loss: float, softcap: float | None) -> dict[str, Any]:

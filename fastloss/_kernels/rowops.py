@@ -195,8 +195,8 @@ def _exp_sum1(x, m, e, pad):
             e[j] = v
             s += v
     if nv < n:
-        pad[:] = -np.inf
-        pad[:n - nv] = x[nv:]
+        for k in range(VECTOR_CHUNK):  # element loops: a slice assignment compiles its shape check
+            pad[k] = x[nv + k] if k < n - nv else -np.inf
         t = 0.0
         for k in range(VECTOR_CHUNK):
             v = exp_shift(pad[k], m)
@@ -204,7 +204,8 @@ def _exp_sum1(x, m, e, pad):
             t += v
         s = _add(s, t)
         if e.size:
-            e[nv:] = pad[:n - nv]
+            for k in range(n - nv):
+                e[nv + k] = pad[k]
     return s
 
 
@@ -373,10 +374,12 @@ def _exp_flat(flat):
         flat[k] = exp_shift(flat[k], 0.0)
     if nv < n:
         pad = np.zeros(VECTOR_CHUNK, flat.dtype)
-        pad[:n - nv] = flat[nv:]
+        for k in range(n - nv):
+            pad[k] = flat[nv + k]
         for k in range(VECTOR_CHUNK):
             pad[k] = exp_shift(pad[k], 0.0)
-        flat[nv:] = pad[:n - nv]
+        for k in range(n - nv):
+            flat[nv + k] = pad[k]
 
 
 @_prim

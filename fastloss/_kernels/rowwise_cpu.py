@@ -138,20 +138,23 @@ def rowwise_driver(x, y, t, w, g, loss_rows, params, scale, ignore_index, flags,
                     if need_aux:
                         lb[nr + i] = 0.0
                     if need_grad:
-                        gb[i, :] = 0.0
+                        for j in range(nc):  # loops, not slice assignments: those compile a
+                            gb[i, j] = 0.0  # shape check whose error message costs seconds
         acc = 0.0
         for i in range(nr):
             acc += lb[i]
         partials[b] = acc
         if per_row:
-            loss_rows[lo:hi] = lb[:nr]
+            for i in range(nr):
+                loss_rows[lo + i] = lb[i]
         if need_aux:
             acc = 0.0
             for i in range(nr):
                 acc += lb[nr + i]
             partials[nb + b] = acc
             if per_row:
-                loss_rows[n + lo:n + hi] = lb[nr:]
+                for i in range(nr):
+                    loss_rows[n + lo + i] = lb[nr + i]
         if need_stats:
             chunk_stats((gb.reshape(-1),), stats[b])
     total = 0.0
