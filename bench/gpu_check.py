@@ -10,12 +10,15 @@
 
 1. Every registered loss, float64 and float32, reductions ``mean`` and ``none``: value and
    gradients on the device against the CPU kernels (rowwise losses also with a long class axis,
-   class weights and, where declared, probability targets and ``ignore_index``).
+   class weights and, where declared, probability targets and ``ignore_index``; rowreduce losses
+   with many short rows and with a few long rows (the split path), row weights; InfoNCE with
+   weights and one-sided).
 2. The device-to-device copy bandwidth (``cuMemcpyDtoD``, read + write), measured in this run.
 3. ``value_and_grad`` of the main losses in float32: time, GB/s (pointwise: inputs read + gradient
-   written; cross entropy: logits read + gradient written, in place as ``out=logits``), that as a
-   fraction of the copy bandwidth, and the speed-up over naive CuPy and over PyTorch
-   (forward + backward) when they are installed.
+   written; cross entropy: logits read + gradient written, in place as ``out=logits``; Dice: logits
+   and mask read + gradient written, in place), that as a fraction of the copy bandwidth, and the
+   speed-up over naive CuPy and over PyTorch (forward + backward) when they are installed; InfoNCE
+   (N x N similarities, matmuls through CuPy / PyTorch) by time and speed-up over PyTorch only.
 
 Arrays are CuPy arrays when CuPy finds a GPU, else PyTorch CUDA tensors, else Numba device
 arrays. Exits with status 1 if a check fails. ``--json PATH`` also writes the results.
@@ -115,9 +118,44 @@ def sample(domain, shape, rng):
     return rng.uniform(lo + 0.01 * (hi - lo), hi - 0.01 * (hi - lo), size=shape)
 
 
+def _row_inputs(spec, lead, row, rng):
+    """Valid inputs of a rowreduce loss: rows ``lead + row``, per-row inputs ``lead``."""
+    sampler = spec.options.get("sample_inputs")
+    if sampler is not None:
+        return [np.asarray(a, dtype=np.float64) for a in sampler(lead, rng)]
+    domains = spec.input_domains({p.name: p.default for p in spec.params})
+    per_row = spec.options.get("row_inputs", ())
+    return [sample(domains[i.name], lead if i.name in per_row else lead + row, rng) for i in spec.inputs]
+
+
+def _reduce_shapes(spec, tiny: bool):
+    """``(lead, row)`` shapes: many short rows, and (full size) a few long rows that take the split path."""
+    length = spec.options.get("row_length")
+    if length:
+        return [((7,), (length,))] if tiny else [((1 << 18,), (length,))]
+    if spec.options.get("rows", "last") == "first":
+        return [((3,), (2, 5))] if tiny else [((257,), (1, 32, 32)), ((3,), (2, 512, 512))]
+    return [((5,), (7,))] if tiny else [((4097,), (129,)), ((3,), (100000,))]
+
+
 def cases(loss, rng, tiny: bool):
     """``(label, inputs, keyword arguments)`` worth checking for one loss."""
     spec = loss.spec
+    if spec.kind == "rowreduce":
+        for lead, row in _reduce_shapes(spec, tiny):
+            inputs = _row_inputs(spec, lead, row, rng)
+            label = "x".join(str(s) for s in lead + row)
+            yield label, inputs, {}
+            yield f"{label} weighted", inputs, {"weight": rng.uniform(0.1, 2.0, size=lead)}
+        return
+    if spec.kind == "similarity":
+        n, d = (6, 5) if tiny else (1024, 128)
+        z1 = rng.normal(size=(n, d))
+        z2 = z1 + rng.normal(0.0, 0.7, size=(n, d))
+        yield f"{n}x{d}", [z1, z2], {}
+        yield f"{n}x{d} weighted", [z1, z2], {"weight": rng.uniform(0.1, 2.0, size=n)}
+        yield f"{n}x{d} one-sided", [z1, z2], {"symmetric": False, "temperature": 0.5}
+        return
     if spec.kind == "pointwise":
         shape = (6, 5) if tiny else (257, 129)
         inputs = [sample(d, shape, rng) for d in spec.input_domains({p.name: p.default for p in spec.params}).values()]
@@ -242,6 +280,68 @@ def bench_cross_entropy(be: Backend, rows: int, classes: int, reps: int) -> dict
     return row
 
 
+def bench_dice(be: Backend, shape: tuple[int, ...], reps: int) -> dict:
+    import fastloss as fl
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    t = (rng.random(shape, dtype=np.float32) > 0.7).astype(np.float32)
+    dx, dt = be.put(x), be.put(t)
+    seconds = timed(lambda: fl.dice.value_and_grad(dx, dt, out=dx), be.sync, reps)
+    row = {"loss": "dice", "shape": str(shape), "seconds": seconds, "bytes": 3 * 4 * x.size}
+    row["vs_cupy"] = None
+    row["vs_torch"] = _peer_speedup(seconds, lambda: _torch_dice(x, t, reps))
+    return row
+
+
+def bench_info_nce(be: Backend, n: int, d: int, reps: int) -> dict:
+    import fastloss as fl
+
+    rng = np.random.default_rng(4)
+    z1 = rng.standard_normal((n, d), dtype=np.float32)
+    z2 = z1 + 0.5 * rng.standard_normal((n, d), dtype=np.float32)
+    d1, d2 = be.put(z1), be.put(z2)
+    seconds = timed(lambda: fl.info_nce.value_and_grad(d1, d2), be.sync, reps)
+    row = {"loss": "info_nce", "shape": f"({n}, {d})", "seconds": seconds, "bytes": None, "vs_cupy": None}
+    row["vs_torch"] = _peer_speedup(seconds, lambda: _torch_info_nce(z1, z2, reps))
+    return row
+
+
+def _torch_dice(x, t, reps):
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    xt = torch.from_numpy(x).cuda().requires_grad_(True)
+    tt = torch.from_numpy(t).cuda()
+
+    def run():
+        p = torch.sigmoid(xt).flatten(1)
+        tf = tt.flatten(1)
+        loss = (1.0 - (2.0 * (p * tf).sum(1) + 1.0) / (p.sum(1) + tf.sum(1) + 1.0)).mean()
+        return torch.autograd.grad(loss, xt)
+
+    return timed(run, torch.cuda.synchronize, reps)
+
+
+def _torch_info_nce(z1, z2, reps):
+    import torch
+    import torch.nn.functional as F
+
+    if not torch.cuda.is_available():
+        return None
+    a = torch.from_numpy(z1).cuda().requires_grad_(True)
+    b = torch.from_numpy(z2).cuda().requires_grad_(True)
+    labels = torch.arange(z1.shape[0], device="cuda")
+
+    def run():
+        s = F.normalize(a, dim=1) @ F.normalize(b, dim=1).T / 0.1
+        loss = 0.5 * (F.cross_entropy(s, labels) + F.cross_entropy(s.T, labels))
+        return torch.autograd.grad(loss, (a, b))
+
+    return timed(run, torch.cuda.synchronize, reps)
+
+
 def _peer_speedup(seconds: float, run_peer) -> float | None:
     if SIMULATED:
         return None
@@ -358,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     if tiny:
         from fastloss._cuda import config, simulator
 
-        config.THREADS, config.MAX_BLOCKS, config.ROW_THREADS = 8, 2, 8
+        config.THREADS, config.MAX_BLOCKS, config.ROW_THREADS, config.TILE = 8, 2, 8, 4
         simulator.configure()  # fast syncthreads, race-free shared arrays
     be = Backend()
     print(f"fastloss {fl.__version__} | {device_description(be.cuda)} | arrays: {be.name} | "
@@ -380,25 +480,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   not on CUDA yet (their kind has no CUDA driver): {', '.join(skipped)}")
 
     if tiny:
-        n, ce, copy_bytes, reps = 64, (4, 33), 1 << 12, 1
+        n, ce, mask, nce, copy_bytes, reps = 64, (4, 33), (3, 1, 4, 4), (6, 5), 1 << 12, 1
     elif args.quick:
-        n, ce, copy_bytes, reps = 1 << 26, (1024, 32000), 1 << 28, 5
+        n, ce, mask, nce, copy_bytes, reps = 1 << 26, (1024, 32000), (16, 1, 256, 256), (2048, 256), 1 << 28, 5
     else:
-        n, ce, copy_bytes, reps = 1 << 28, (4096, 128256), 1 << 30, 10
+        n, ce, mask, nce, copy_bytes, reps = 1 << 28, (4096, 128256), (64, 1, 512, 512), (8192, 512), 1 << 30, 10
     copy = copy_bandwidth(be, copy_bytes, reps)
     print(f"\n2. Device-to-device copy: {copy:.0f} GB/s (read + write)")
 
     results = [bench_pointwise(be, name, n, reps) for name in ("mse", "huber", "binary_cross_entropy")]
     results.append(bench_cross_entropy(be, *ce, reps))
+    results.append(bench_dice(be, mask, reps))
+    results.append(bench_info_nce(be, *nce, reps))
     print("\n3. value_and_grad, float32" + ("  (simulator: the timings mean nothing)" if tiny else ""))
     header = f"{'loss':<22}{'shape':>18}{'ms':>10}{'GB/s':>9}{'% copy':>8}{'vs CuPy':>9}{'vs torch':>10}"
     print(header)
     print("-" * len(header))
     for r in results:
-        r["gbps"] = r["bytes"] / r["seconds"] / 1e9
-        r["fraction_of_copy"] = r["gbps"] / copy
-        print(f"{r['loss']:<22}{r['shape']:>18}{r['seconds'] * 1e3:>10.3f}{r['gbps']:>9.0f}"
-              f"{r['fraction_of_copy'] * 100:>7.0f}%{_speedup(r['vs_cupy']):>9}{_speedup(r['vs_torch']):>10}")
+        if r["bytes"] is None:  # not bandwidth-bound (matrix products): time and speed-up only
+            r["gbps"] = r["fraction_of_copy"] = None
+            rate = f"{'-':>9}{'-':>8}"
+        else:
+            r["gbps"] = r["bytes"] / r["seconds"] / 1e9
+            r["fraction_of_copy"] = r["gbps"] / copy
+            rate = f"{r['gbps']:>9.0f}{r['fraction_of_copy'] * 100:>7.0f}%"
+        print(f"{r['loss']:<22}{r['shape']:>18}{r['seconds'] * 1e3:>10.3f}{rate}"
+              f"{_speedup(r['vs_cupy']):>9}{_speedup(r['vs_torch']):>10}")
     if results[-1].get("torch_rel_diff") is not None:
         print(f"cross entropy vs PyTorch: relative difference of the loss {results[-1]['torch_rel_diff']:.1e}")
     if args.json:

@@ -35,11 +35,17 @@ class Loss:
         self.__signature__ = self._signature(with_out=False)
         self.grad = self._method("grad", need_value=False, with_out=True)
         self.value_and_grad = self._method("value_and_grad", need_value=True, with_out=True)
+        self._fast_value = self._fast_path(need_value=True, need_grad=False, with_out=False)
 
     # -- calls -------------------------------------------------------------------------------
 
     def __call__(self, *args, **kwargs):
         """The loss: reduced to a NumPy scalar, or per element for ``reduction="none"``."""
+        fast = self._fast_value
+        if fast is not None and fast.kind is self._kind:
+            result = fast(args, kwargs)
+            if result is not NotImplemented:
+                return result
         inputs, params, weight, reduction, _, _ = self._bind(args, kwargs, with_out=False)
         result = select_kind(self._kind, self.spec, inputs, weight, None).run(
             self.spec, inputs, params, weight, reduction, need_value=True, need_grad=False, out=None
@@ -48,8 +54,13 @@ class Loss:
 
     def _method(self, name: str, *, need_value: bool, with_out: bool):
         single = len(self.spec.differentiable) == 1
+        fast = self._fast_path(need_value=need_value, need_grad=True, with_out=with_out)
 
         def method(*args, **kwargs):
+            if fast is not None and fast.kind is self._kind:
+                result = fast(args, kwargs)
+                if result is not NotImplemented:
+                    return result
             inputs, params, weight, reduction, out, stats = self._bind(args, kwargs, with_out=with_out)
             result = select_kind(self._kind, self.spec, inputs, weight, out).run(
                 self.spec, inputs, params, weight, reduction,
@@ -66,6 +77,20 @@ class Loss:
         method.__doc__ = render_docstring(self.spec, self._params, name)
         method.__signature__ = self._signature(with_out=with_out)
         return method
+
+    def _fast_path(self, *, need_value: bool, need_grad: bool, with_out: bool):
+        """The kind's shortcut for its common calls (see ``PointwiseKind.fast_path``), if it has one.
+
+        The shortcut returns ``NotImplemented`` for any call it does not handle; it is used only
+        while ``self._kind`` is the kind that made it (a wrapper installed later disables it).
+        """
+        make = getattr(self._kind, "fast_path", None)
+        fast = None if make is None else make(
+            self.spec, self._params, need_value=need_value, need_grad=need_grad, with_out=with_out
+        )
+        if fast is not None:
+            fast.kind = self._kind
+        return fast
 
     def _bind(self, args: tuple, kwargs: dict[str, Any], *, with_out: bool):
         name = self.spec.name

@@ -69,8 +69,17 @@ def source_hash(*funcs: Callable) -> str:
     return h.hexdigest()[:12]
 
 
+def _python_function(f):
+    """The Python function behind a dispatcher (``py_func``) or an intrinsic (``_defn``), else None."""
+    for attr in ("py_func", "_defn"):
+        inner = getattr(f, attr, None)
+        if isinstance(inner, types.FunctionType):
+            return inner
+    return None
+
+
 def _hash_function(h, f: Callable, seen: set[int]) -> None:
-    f = getattr(f, "py_func", f)
+    f = _python_function(f) or f
     if id(f) in seen:
         return
     seen.add(id(f))
@@ -82,7 +91,7 @@ def _hash_function(h, f: Callable, seen: set[int]) -> None:
         h.update(repr([c for c in code.co_consts if not isinstance(c, types.CodeType)]).encode())
     for name, value in _referenced(f):
         h.update(name.encode())
-        if hasattr(value, "py_func") or (
+        if _python_function(value) is not None or (
             # plain functions only when they are the loss's own helpers (e.g. register_jitable);
             # NumPy's Python source is irrelevant to what Numba compiles for it
             isinstance(value, types.FunctionType) and value.__module__ == f.__module__
@@ -162,4 +171,7 @@ def scalar_kernel(func: Callable):
         return func
     # forceinline (LLVM ``alwaysinline``): a kernel that calls exp/log grows past LLVM's inlining
     # threshold, and a call left in the driver loop keeps it scalar (measured: 6x slower)
-    return njit(func, cache=False, error_model="numpy", fastmath=set(_config.FASTMATH), forceinline=True)
+    # no Python or C wrapper: the kernel is only ever called (inlined) from drivers, and each
+    # wrapper is code that would be generated and compiled to machine code for nothing
+    return njit(func, cache=False, error_model="numpy", fastmath=set(_config.FASTMATH), forceinline=True,
+                no_cpython_wrapper=True, no_cfunc_wrapper=True)

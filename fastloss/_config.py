@@ -27,4 +27,7 @@ def jit_options(parallel: bool) -> dict:
         "fastmath": set(FASTMATH),
         "error_model": "numpy",
         "nogil": True,
+        # drivers are called from Python or from other drivers, never through a C function
+        # pointer: skipping the C wrapper saves compile time (each wrapper is codegen'd separately)
+        "no_cfunc_wrapper": True,
     }

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _config, _stats, _threading
 from ._compile import scalar_kernel, specialise
-from ._kernels import pointwise_cpu
+from ._kernels import pointwise_cpu, tuples
 from ._kinds import register_kind
 from ._spec import Discrete, LossSpec, Param
 from ._validate import (
@@ -22,7 +22,10 @@ from ._validate import (
     compute_dtype,
 )
 
-_compile_lock = threading.Lock()
+_compile_lock = threading.RLock()  # a parallel driver builds its serial twin first
+
+#: What a driver binds for its gradient statistics: statistics are compiled only when asked for.
+_STATS_FN = {False: tuples.no_stats, True: tuples.chunk_stats}
 
 
 def sum_to_shape(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -98,23 +101,167 @@ class PointwiseKind:
     def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
         return ()
 
-    def driver(self, spec: LossSpec, parallel: bool):
-        key = (spec.kernel, parallel)  # not the name: custom losses may share one (or redefine it)
+    def driver(self, spec: LossSpec, parallel: bool, stats: bool = False):
+        """A compiled driver of ``spec``, with gradient statistics or not.
+
+        ``parallel=False`` gives :func:`~fastloss._kernels.pointwise_cpu.pointwise_chunks` (called
+        with the chunk range), ``parallel=True`` the ``prange`` driver, which calls the former.
+        """
+        key = (spec.kernel, parallel, stats)  # not the name: custom losses may share one (or redefine it)
         drv = self._drivers.get(key)
         if drv is None:
             with _compile_lock:
                 drv = self._drivers.get(key)
                 if drv is None:
-                    drv = specialise(
-                        pointwise_cpu.pointwise_driver,
-                        spec.name,
-                        {"_loss_kernel": scalar_kernel(spec.kernel)},
-                        parallel=parallel,
-                        hashed=(spec.kernel,),
-                        cache=spec.options.get("cache", True),
-                    )
-                    self._drivers[key] = drv
+                    drv = self._drivers[key] = self._specialise(spec, parallel, stats)
         return drv
+
+    def _specialise(self, spec: LossSpec, parallel: bool, stats: bool):
+        cache = spec.options.get("cache", True)
+        # the statistics sweep is part of the identity (and so of the cache key) of a specialisation
+        hashed = (spec.kernel, _STATS_FN[stats])
+        if parallel:
+            chunks = self.driver(spec, False, stats)
+            return specialise(pointwise_cpu.pointwise_driver, spec.name, {"_chunks": chunks},
+                              parallel=True, hashed=hashed, cache=cache)
+        bindings = {"_loss_kernel": scalar_kernel(spec.kernel), "_chunk_stats": _STATS_FN[stats]}
+        return specialise(pointwise_cpu.pointwise_chunks, spec.name, bindings,
+                          parallel=False, hashed=hashed, cache=cache)
+
+    def fast_path(self, spec: LossSpec, params: tuple[Param, ...], *, need_value: bool, need_grad: bool,
+                  with_out: bool):
+        """A callable ``fast(args, kwargs)`` for the common call, or None when ``spec`` has none.
+
+        The common call: every input positional, NumPy float32/float64 C-contiguous arrays of one
+        shape and dtype, no weight, ``reduction`` "mean" or "sum", no statistics, ``out`` absent or
+        exactly the buffer the driver writes. ``fast`` returns the public result (what
+        :class:`~fastloss._api.Loss` returns) or ``NotImplemented`` for any other call, which then
+        takes the general path (which also raises every error: the fast path never does).
+        At 1e3 elements the general path's checks cost several times the kernel.
+        """
+        layout = self._layout(spec)
+        if not layout.plain:
+            return None
+        defaults = {p.name: p.default for p in params}
+        try:
+            if spec.check is not None:
+                spec.check(dict(defaults))
+            default_kparams = spec.kernel_params(defaults)
+        except Exception:  # a declaration whose defaults need the general path
+            return None
+        by_name = {p.name: p for p in params}
+        known = {"reduction", "weight", *(("out", "stats") if with_out else ())}
+        ninputs = len(layout.names)
+        diff = tuple(layout.diff)
+        ndiff = len(diff)
+        others = tuple(tuple(i for i in range(ninputs) if i != k) for k in diff)
+        name = spec.name
+        flags = pointwise_cpu.NEED_GRAD if need_grad else 0
+        no_grads = {dt: (e,) * ndiff for dt, e in _EMPTY.items()}
+        drivers = [None, None]  # serial, parallel
+        config = _config
+        chunk = pointwise_cpu.CHUNK
+        guard = _threading.guard
+        slow = NotImplemented
+
+        def fast(args, kwargs):
+            if len(args) != ninputs:
+                return slow
+            x0 = args[0]
+            if type(x0) is not np.ndarray:
+                return slow
+            dtype = x0.dtype
+            shape = x0.shape
+            empty = _EMPTY.get(dtype)
+            if empty is None or not x0.flags.c_contiguous:
+                return slow
+            flat = len(shape) == 1
+            for x in args[1:]:
+                if type(x) is not np.ndarray or x.shape != shape or x.dtype != dtype or not x.flags.c_contiguous:
+                    return slow
+            reduction = "mean"
+            out = None
+            kparams = default_kparams
+            if kwargs:
+                pvals = None
+                for key, v in kwargs.items():
+                    if key in by_name:
+                        if v is not defaults[key]:
+                            if pvals is None:
+                                pvals = dict(defaults)
+                            pvals[key] = v
+                    elif key not in known:
+                        return slow
+                reduction = kwargs.get("reduction", "mean")
+                if type(reduction) is not str or (reduction != "mean" and reduction != "sum"):
+                    return slow
+                if kwargs.get("weight") is not None:
+                    return slow
+                if with_out:
+                    if kwargs.get("stats", False):
+                        return slow
+                    out = kwargs.get("out")
+                if pvals is not None:
+                    try:
+                        for p in params:  # declaration order, as the general path checks them
+                            if pvals[p.name] is not defaults[p.name]:
+                                pvals[p.name] = p.check(name, pvals[p.name])
+                        if spec.check is not None:
+                            spec.check(pvals)
+                    except (TypeError, ValueError):
+                        return slow  # the general path raises it, after its own earlier checks
+                    kparams = spec.kernel_params(pvals)
+            n = x0.size
+            if n == 0:
+                return slow
+            xs = args if flat else tuple([x.reshape(-1) for x in args])
+            if not need_grad:
+                gs = no_grads[dtype]
+            elif out is None:
+                gs = (np.empty(n, dtype),) if ndiff == 1 else tuple([np.empty(n, dtype) for _ in diff])
+            else:
+                outs = (out,) if ndiff == 1 and type(out) is np.ndarray else out
+                if type(outs) is not tuple or len(outs) != ndiff:
+                    return slow
+                gl = []
+                for j, o in enumerate(outs):
+                    if o is None:
+                        gl.append(np.empty(n, dtype))
+                        continue
+                    if (type(o) is not np.ndarray or o.shape != shape or o.dtype != dtype
+                            or not o.flags.c_contiguous or not o.flags.writeable):
+                        return slow
+                    for i in others[j]:  # an out may alias its own input only: let the general path decide
+                        if np.may_share_memory(o, args[i]):
+                            return slow
+                    for jj, oo in enumerate(outs):
+                        if jj != j and oo is not None and np.may_share_memory(o, oo):
+                            return slow
+                    gl.append(o if flat else o.reshape(-1))
+                gs = tuple(gl)
+            scale = 1.0 / n if reduction == "mean" else 1.0
+            if n < config.PARALLEL_THRESHOLD:
+                drv = drivers[0]
+                if drv is None:
+                    drv = drivers[0] = self.driver(spec, False)
+                total = drv(xs, empty, gs, empty, kparams, scale, flags, _NO_STATS, 0, (n + chunk - 1) // chunk)
+            else:
+                drv = drivers[1]
+                if drv is None:
+                    drv = drivers[1] = self.driver(spec, True)
+                with guard():
+                    total = drv(xs, empty, gs, empty, kparams, scale, flags, _NO_STATS)
+            value = dtype.type(total * scale if reduction == "mean" else total)
+            if not need_grad:
+                return value
+            if out is None:
+                grads = [g if flat else g.reshape(shape) for g in gs]
+            else:
+                grads = [(g if flat else g.reshape(shape)) if o is None else o for g, o in zip(gs, outs)]
+            g = grads[0] if ndiff == 1 else tuple(grads)
+            return (value, g) if need_value else g
+
+        return fast
 
     def _layout(self, spec: LossSpec) -> _Layout:
         layout = self._layouts.get(id(spec))  # the layout holds the spec, so its id is not reused
@@ -170,13 +317,13 @@ class PointwiseKind:
         total = 0.0
         if n:
             parallel = n >= _config.PARALLEL_THRESHOLD
-            drv = self.driver(spec, parallel)
+            drv = self.driver(spec, parallel, stats)
             kparams = spec.kernel_params(params)
             if parallel:
                 with _threading.guard():
                     total = drv(xs, w, gs, loss_out, kparams, scale, flags, stat_rows)
             else:
-                total = drv(xs, w, gs, loss_out, kparams, scale, flags, stat_rows)
+                total = drv(xs, w, gs, loss_out, kparams, scale, flags, stat_rows, 0, pointwise_cpu.nchunks(n))
 
         value = None
         if need_value:

@@ -21,6 +21,10 @@ Tversky), or the corners of a box (GIoU). Its ``LossSpec.kernel`` is a :class:`R
 ``check_inputs``
     Optional ``check(loss_name, {input name: array})`` raising ``ValueError`` for inputs the
     kernel cannot take (degenerate boxes); runs before any kernel.
+``row_check``
+    Optional ``row_check(sums, *row_values, *params) -> bool`` (``True``: the row is valid): the
+    device form of ``check_inputs``, written with ``math`` only over a row's sums, so that the CUDA
+    driver can check rows on the device (the CPU runs ``check_inputs``; the two must agree).
 ``variant``
     Optional ``variant(params) -> RowReduce or None``: a kernel to use instead of ``spec.kernel``
     for these parameter values (a cheaper special case, such as the Euclidean triplet distance
@@ -33,10 +37,11 @@ Weights are per row (broadcast to the row shape); ``mean`` divides by the number
 the summed weights. ``reduction="none"`` returns one loss per row, shaped like the rows. A
 declaration's ``fd_safe`` returns one flag per row (rows away from kinks).
 
-A CUDA driver of this kind (not written yet) would compile the same three stages as device
-functions: one block per row (or per piece of a long row), each thread summing ``map`` over its
-strided elements, a block reduction per sum, every thread running ``finish`` on the block's sums,
-then writing the gradients of its elements; the ``variant`` option picks the kernel on the host.
+The CUDA driver (:mod:`fastloss._cuda.rowreduce`) compiles the same three stages as device
+functions: a group of threads per row (or a block per piece of a long row), each thread summing
+``map`` over its strided elements, a shared-memory reduction of the sums, every thread running
+``finish`` on the group's sums, then writing the gradients of its elements; the ``variant`` option
+picks the kernel on the host.
 """
 
 from __future__ import annotations

@@ -8,14 +8,19 @@
     value, g = jax.value_and_grad(lambda p: flj.huber(p, target, delta=0.5))(pred)
     step = jax.jit(jax.grad(lambda p: flj.wrap(my_custom_loss)(p, target)))
 
-Every registered loss is available as ``fastloss.jax.<name>``. The forward pass of the VJP calls
-the loss's fused ``value_and_grad`` once on the host (a ``pure_callback``, so it also runs inside
-``jax.jit``) and keeps the gradient as the residual; the backward pass only scales it by the
-cotangent (element by element, or row by row for rowwise losses, under ``reduction="none"``; only
-when a differentiable input was broadcast does the backward pass run the kernel once more, with
-the cotangent as per-element weights). Hyper-parameters, ``reduction`` and ``weight``
-are not differentiated (``weight`` may be an array); non-differentiable inputs (targets, labels)
-get a zero cotangent. Under ``jax.vmap`` the callback runs once per batch element.
+Every registered loss is available as ``fastloss.jax.<name>``, with every reduction (``"mean"``,
+``"sum"``, ``"none"``). The forward pass of the VJP calls the loss's fused ``value_and_grad`` once
+on the host (a ``pure_callback``, so it also runs inside ``jax.jit``) and keeps the gradient as the
+residual; the backward pass only scales it by the cotangent. Under ``reduction="none"`` the
+backward pass gives ``sum_i c_i d loss_i / d inputs``: where each sample's loss depends on its own
+elements only (pointwise, rowwise and rowreduce losses) the residual is scaled per element / per
+row; where an element feeds several losses (a broadcast differentiable input; the in-batch
+negatives of a similarity loss) the backward pass runs the kernel once more with
+``weight = cotangent * weight`` and ``reduction="sum"`` (see :mod:`fastloss._adapters`).
+Hyper-parameters, ``reduction`` and ``weight`` are not differentiated (``weight`` may be an
+array); non-differentiable inputs (targets, labels) get a zero cotangent. Under ``jax.vmap`` the
+callback runs once per batch element. Arrays on an accelerator are copied to the host by the
+callback: the CUDA backend is reached through :mod:`fastloss.torch` or fastloss's own API.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from functools import cache
 import jax
 import numpy as np
 
+from . import _adapters
 from ._api import Loss
 from ._registry import REGISTRY
 
@@ -44,7 +50,13 @@ def wrap(loss: Loss) -> Callable[..., jax.Array]:
     -------
     callable
         ``f(*inputs, **kwargs) -> jax.Array`` with ``loss``'s signature (without ``out=`` and
-        ``stats=``); gradients flow to the loss's differentiable inputs.
+        ``stats=``); gradients flow to the loss's differentiable inputs, for every reduction.
+
+    Raises
+    ------
+    TypeError
+        ``out=`` or ``stats=`` given, or a parameter that makes the loss return a tuple
+        (``return_z_loss=True``).
     """
     if not isinstance(loss, Loss):
         raise TypeError(f"fastloss.jax.wrap expects a fastloss Loss, got {type(loss).__name__}")
@@ -55,10 +67,8 @@ def wrap(loss: Loss) -> Callable[..., jax.Array]:
             if k in kwargs:
                 raise TypeError(f"fastloss.jax.{name}() does not take {k}=")
         inputs, params, weight, reduction, _, _ = loss._bind(args, kwargs, with_out=False)
-        if reduction == "none" and loss.spec.kind not in ("pointwise", "rowwise"):
-            raise NotImplementedError(
-                f"fastloss.jax.{name}: reduction='none' is supported for pointwise and rowwise losses only"
-            )
+        _adapters.check_params("fastloss.jax", name, params)
+        _adapters.check_none_supported("fastloss.jax", loss, reduction)
         present = tuple(k for k, x in enumerate(inputs) if x is not None)
         fn = _vjp_function(loss, tuple(sorted(params.items())), reduction, present, weight is not None)
         arrays = [jax.numpy.asarray(inputs[k]) for k in present]
@@ -77,7 +87,6 @@ def wrap(loss: Loss) -> Callable[..., jax.Array]:
 def _vjp_function(loss: Loss, params: tuple, reduction: str, present: tuple[int, ...], weighted: bool):
     """A ``custom_vjp`` function of the present inputs (and the weight, last) for fixed keywords."""
     kw = dict(params)
-    kind = loss.spec.kind
     diff = [j for j, k in enumerate(present) if loss.spec.inputs[k].differentiable]
     n_inputs = len(present)
 
@@ -87,15 +96,16 @@ def _vjp_function(loss: Loss, params: tuple, reduction: str, present: tuple[int,
             args[k] = np.asarray(arrays[j])
         return args, (np.asarray(arrays[-1]) if weighted else None)
 
+    def shapes(arrays) -> list:
+        out = [None] * len(loss.spec.inputs)
+        for j, k in enumerate(present):
+            out[k] = tuple(arrays[j].shape)
+        return out
+
     def value_type(arrays) -> jax.ShapeDtypeStruct:
         x = arrays[0]
         dtype = x.dtype if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) else jax.numpy.result_type(float)
-        if reduction != "none":
-            shape = ()
-        elif kind == "rowwise":  # one value per row: the class axis goes
-            shape = tuple(d for i, d in enumerate(x.shape) if i != kw["axis"] % x.ndim)
-        else:
-            shape = np.broadcast_shapes(*(a.shape for a in arrays[:n_inputs]))
+        shape = () if reduction != "none" else _adapters.per_sample_shape(loss, kw, shapes(arrays))
         return jax.ShapeDtypeStruct(shape, dtype)
 
     def grad_types(arrays):
@@ -120,11 +130,10 @@ def _vjp_function(loss: Loss, params: tuple, reduction: str, present: tuple[int,
         return grads if isinstance(grads, tuple) else (grads,)
 
     def recompute(arrays) -> bool:
-        """Whether the backward pass must run the kernel again (a broadcast input under "none")."""
-        if reduction != "none" or kind != "pointwise":
+        """Whether the backward pass runs the kernel again, with the cotangent as weights (see _adapters)."""
+        if reduction != "none":
             return False
-        shape = value_type(arrays).shape
-        return any(arrays[j].shape != shape for j in diff)
+        return _adapters.none_rule(loss, kw, shapes(arrays), [present[j] for j in diff]) == "weight"
 
     @jax.custom_vjp
     def fn(*arrays):
@@ -153,9 +162,13 @@ def _vjp_function(loss: Loss, params: tuple, reduction: str, present: tuple[int,
                 vmap_method="sequential",
             )
         else:
-            if reduction == "none" and kind == "rowwise":
-                cotangent = jax.numpy.expand_dims(cotangent, kw["axis"] % arrays[0].ndim)
-            grads = tuple(g * cotangent.astype(g.dtype) for g in grads)
+            if reduction == "none":  # one cotangent per sample, broadcast over the sample's elements
+                grads = tuple(
+                    g * cotangent.reshape(_adapters.cotangent_shape(loss, kw, cotangent.shape, g.ndim)).astype(g.dtype)
+                    for g in grads
+                )
+            else:
+                grads = tuple(g * cotangent.astype(g.dtype) for g in grads)
         by_position = dict(zip(diff, grads))
         return tuple(by_position.get(j) for j in range(n_inputs + int(weighted)))
 

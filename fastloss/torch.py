@@ -4,22 +4,42 @@
 
     import fastloss.torch as flt
 
-    loss = flt.huber(pred, target, delta=0.5)          # pred: a CPU tensor with requires_grad
+    loss = flt.huber(pred, target, delta=0.5)          # pred: a CPU or CUDA tensor with requires_grad
     loss.backward()                                    # pred.grad from the fused forward pass
 
     my_loss = flt.wrap(my_custom_loss)                 # any Loss, e.g. from @fl.pointwise
 
-Every registered loss is available as ``fastloss.torch.<name>``. The forward pass runs the loss's
-``value_and_grad`` once on zero-copy NumPy views of the CPU tensors (``tensor.detach().numpy()``)
-and saves the gradient; ``backward`` only scales it by ``grad_output`` (and returns it untouched
-when ``grad_output`` is 1, as for ``loss.backward()``). With ``reduction="none"`` the saved
-gradient is multiplied by ``grad_output`` element by element (pointwise losses) or row by row
-(rowwise losses); only when a differentiable input was broadcast does the backward pass run the
-kernel once more, with ``grad_output`` as per-element weights.
+Every registered loss is available as ``fastloss.torch.<name>``, with every reduction
+(``"mean"``, ``"sum"``, ``"none"``). The forward pass runs the loss's ``value_and_grad`` once and
+saves the gradient; ``backward`` only scales it by ``grad_output`` (and returns it untouched when
+``grad_output`` is 1 on the CPU, as for ``loss.backward()``).
+
+Where the tensors live decides the path:
+
+* **CPU tensors** go to the CPU kernels as zero-copy NumPy views (``tensor.detach().numpy()``);
+  the results come back as tensors over the same memory (a cast only for float16 / bfloat16,
+  computed in float32).
+* **CUDA tensors** go, detached but otherwise as they are, to fastloss's CUDA backend, which
+  reads them through ``__cuda_array_interface__`` (no host copy) and allocates its results with
+  PyTorch's caching allocator on the tensors' stream: the loss comes back as a 0-d CUDA tensor,
+  the gradients as CUDA tensors, and ``backward`` scales them on the device (nothing waits for the
+  GPU or copies to the host). Kinds without a CUDA driver (rowreduce, similarity) raise the
+  backend's ``NotImplementedError``; a machine without ``numba-cuda`` or a GPU raises its
+  ``ImportError`` / ``RuntimeError``. Tensors on different devices raise ``TypeError``.
+
+  Tested here without a GPU: the routing and the autograd plumbing with stand-in CUDA tensors
+  (CPU tensors that report a CUDA device), the backend's kernels under the Numba CUDA simulator;
+  not tested: real ``torch`` CUDA tensors, which need a CUDA build of PyTorch and a GPU.
+
+``reduction="none"``: the backward pass gives ``sum_i grad_output_i * d loss_i / d inputs``.
+Where each sample's loss depends on its own elements only (pointwise, rowwise and rowreduce
+losses) the saved gradient of the sum is scaled per element / per row. Where an element feeds
+several losses (a broadcast differentiable input; the in-batch negatives of a similarity loss),
+the backward pass runs the kernel once more with ``weight = grad_output * weight`` and
+``reduction="sum"`` (see :mod:`fastloss._adapters`).
 
 Inputs that fastloss does not differentiate (targets, labels, weights) must not require a
-gradient: that raises instead of silently returning a zero gradient. CUDA tensors raise for now:
-they will go through fastloss's CUDA backend once it exists.
+gradient: that raises instead of silently returning a zero gradient.
 """
 
 from __future__ import annotations
@@ -30,101 +50,147 @@ from functools import cache
 import numpy as np
 import torch
 
+from . import _adapters
 from ._api import Loss
 from ._registry import REGISTRY
 
 __all__ = ["wrap"]
 
+_ADAPTER = "fastloss.torch"
+
 
 class _Call:
-    """A loss with its checked keyword arguments (hyper-parameters, weight, reduction)."""
+    """A loss with its checked keyword arguments and where it runs.
 
-    def __init__(self, loss: Loss, params: dict, weight, reduction: str):
+    ``device`` is ``None`` for CPU tensors (NumPy views, CPU kernels) or the CUDA device of the
+    tensors (the tensors themselves, CUDA backend).
+    """
+
+    def __init__(self, loss: Loss, params: dict, weight, reduction: str, device: torch.device | None):
         self.loss = loss
         self.params = params
-        self.weight = weight
         self.reduction = reduction
+        self.device = device
         self.diff = [k for k, inp in enumerate(loss.spec.inputs) if inp.differentiable]
+        self.weight = self.array(weight)
+
+    def array(self, x):
+        """What the loss receives for ``x``: a NumPy view of a CPU tensor, a detached CUDA tensor."""
+        if not isinstance(x, torch.Tensor):
+            return x
+        x = x.detach().resolve_conj().resolve_neg()
+        if x.dtype == torch.bfloat16:  # neither NumPy nor the CUDA backend has bfloat16: float32
+            x = x.float()
+        return x if self.device is not None else x.numpy()
+
+    def result(self, a, dtype: torch.dtype) -> torch.Tensor:
+        """A loss result as a tensor (zero-copy unless a cast to ``dtype`` is needed)."""
+        if self.device is None:
+            a = np.asarray(a)  # a NumPy scalar becomes a 0-d array, hence a 0-d tensor
+            t = torch.from_numpy(a if a.flags.c_contiguous else np.ascontiguousarray(a))
+        elif isinstance(a, torch.Tensor):  # what the CUDA backend returns for torch inputs
+            t = a
+        else:  # another CUDA array: viewed through its __cuda_array_interface__
+            t = torch.as_tensor(a, device=self.device)
+        if dtype.is_floating_point and t.dtype != dtype:
+            t = t.to(dtype)
+        return t
+
+    def kwargs(self, weight, reduction: str) -> dict:
+        return dict(self.params, weight=weight, reduction=reduction)
 
 
 class _FusedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, call: _Call, *inputs):
-        arrays = [_host(call, t) for t in inputs]
-        kwargs = dict(call.params, weight=call.weight, reduction=call.reduction)
+        arrays = [call.array(t) for t in inputs]
+        kwargs = call.kwargs(call.weight, call.reduction)
+        loss = call.loss
         ctx.call = call
         ctx.wanted = [k for k in call.diff if ctx.needs_input_grad[1 + k]]
         ctx.dtypes = {k: inputs[k].dtype for k in ctx.wanted}
-        ctx.recompute = False
+        ctx.rule = None
         like = next(t for t in inputs if isinstance(t, torch.Tensor))
         if not ctx.wanted:
-            return _tensor(call.loss(*arrays, **kwargs), like.dtype)
-        if call.reduction == "none" and call.loss.spec.kind == "pointwise":
-            shape = np.broadcast_shapes(*(np.shape(a) for a in arrays if a is not None))
-            if any(np.shape(arrays[k]) != shape for k in ctx.wanted):
-                # a broadcast input's gradient sums over elements whose grad_output differ:
-                # computed in backward, with grad_output as weights
-                ctx.recompute = True
-                ctx.arrays = arrays
-                return _tensor(call.loss(*arrays, **kwargs), like.dtype)
-        # "none" still gives the gradient of the sum: per element (pointwise) or per row (rowwise),
-        # which backward multiplies by grad_output
-        value, grads = call.loss.value_and_grad(*arrays, **kwargs)
+            return call.result(loss(*arrays, **kwargs), like.dtype)
+        if call.reduction == "none":
+            shapes = [None if a is None else tuple(np.shape(a)) for a in arrays]
+            ctx.rule = _adapters.none_rule(loss, call.params, shapes, ctx.wanted)
+            if ctx.rule == "weight":
+                # backward runs the kernel again, with grad_output as weights; the inputs are saved
+                # (torch then notices if they are modified in place before backward)
+                ctx.save_for_backward(*(t if isinstance(t, torch.Tensor) else None for t in inputs))
+                ctx.others = [None if isinstance(t, torch.Tensor) else t for t in inputs]
+                return call.result(loss(*arrays, **kwargs), like.dtype)
+        # the gradient of the reduced loss ("none": of the sum, scaled per sample in backward)
+        value, grads = loss.value_and_grad(*arrays, **kwargs)
         by_input = dict(zip(call.diff, grads if isinstance(grads, tuple) else (grads,)))
-        ctx.save_for_backward(*(_tensor(by_input[k], ctx.dtypes[k]) for k in ctx.wanted))
-        return _tensor(value, like.dtype)
+        ctx.save_for_backward(*(call.result(by_input[k], ctx.dtypes[k]) for k in ctx.wanted))
+        return call.result(value, like.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
         call = ctx.call
         out: list = [None] * len(ctx.needs_input_grad)
-        if ctx.recompute:
+        if ctx.rule == "weight":
             # d/dx sum_i grad_output_i * w_i * l_i(x): the same kernel with weights grad_output * w
-            w = grad_output.detach().cpu().double().numpy()
+            saved = ctx.saved_tensors
+            arrays = [call.array(t if o is None else o) for t, o in zip(saved, ctx.others)]
+            w = grad_output.detach()
+            # (on CUDA made contiguous: grad_output is often an expanded, zero-stride tensor)
+            w = w.double().numpy() if call.device is None else call.array(w.contiguous())
             if call.weight is not None:
                 w = w * call.weight
-            grads = call.loss.grad(*ctx.arrays, **call.params, weight=w, reduction="sum")
+            grads = call.loss.grad(*arrays, **call.kwargs(w, "sum"))
             by_input = dict(zip(call.diff, grads if isinstance(grads, tuple) else (grads,)))
             for k in ctx.wanted:
-                out[1 + k] = _tensor(by_input[k], ctx.dtypes[k])
+                out[1 + k] = call.result(by_input[k], ctx.dtypes[k])
             return tuple(out)
-        if call.reduction != "none":
-            scale = None if grad_output.numel() == 1 and float(grad_output) == 1.0 else grad_output  # .backward()
-        elif call.loss.spec.kind == "rowwise":
-            scale = grad_output.unsqueeze(call.params["axis"] % (grad_output.ndim + 1))  # one value per row
-        else:
-            scale = grad_output
-        for k, g in zip(ctx.wanted, ctx.saved_tensors):
-            out[1 + k] = g if scale is None else g * scale
+        saved = ctx.saved_tensors
+        if ctx.rule == "scale":  # one cotangent per sample, broadcast over the sample's elements
+            scales = [
+                grad_output.reshape(_adapters.cotangent_shape(call.loss, call.params, grad_output.shape, g.ndim))
+                for g in saved
+            ]
+        elif call.device is None and grad_output.numel() == 1 and float(grad_output) == 1.0:
+            scales = [None] * len(saved)  # loss.backward(): the saved gradient as it is
+        else:  # on CUDA always multiply: comparing with 1 would wait for the GPU
+            scales = [grad_output] * len(saved)
+        for k, g, s in zip(ctx.wanted, saved, scales):
+            out[1 + k] = g if s is None else g * s
         return tuple(out)
 
 
-def _host(call: _Call, x):
-    """A NumPy view of a CPU tensor (anything else passes through)."""
-    if not isinstance(x, torch.Tensor):
-        return x
-    if x.device.type != "cpu":
-        raise NotImplementedError(
-            f"fastloss.torch.{call.loss.spec.name}: got a {x.device.type} tensor; fastloss's CUDA backend is not "
-            "available yet, so only CPU tensors are supported (use .cpu() or the PyTorch loss)"
-        )
-    x = x.detach().resolve_conj().resolve_neg()
-    if x.dtype == torch.bfloat16:  # NumPy has no bfloat16: compute in float32
-        x = x.float()
-    return x.numpy()
-
-
-def _tensor(a, dtype: torch.dtype) -> torch.Tensor:
-    """A NumPy result as a tensor (zero-copy unless a cast to ``dtype`` is needed)."""
-    a = np.asarray(a)  # a NumPy scalar becomes a 0-d array, hence a 0-d tensor
-    t = torch.from_numpy(a if a.flags.c_contiguous else np.ascontiguousarray(a))
-    if dtype.is_floating_point and t.dtype != dtype:
-        t = t.to(dtype)
-    return t
+def _device(name: str, loss: Loss, inputs, weight) -> torch.device | None:
+    """``None`` when the tensors are on the CPU, their CUDA device otherwise; raise on a mix."""
+    named = [(inp.name, x) for inp, x in zip(loss.spec.inputs, inputs)] + [("weight", weight)]
+    devices = {}
+    for label, x in named:
+        if isinstance(x, torch.Tensor):
+            dev = x.device
+            if dev.type not in ("cpu", "cuda"):
+                raise NotImplementedError(
+                    f"{_ADAPTER}.{name}: {label} is a {dev.type} tensor; fastloss runs CPU tensors (through NumPy) "
+                    "and CUDA tensors (through its CUDA backend)"
+                )
+            devices.setdefault(dev, label)
+    if len(devices) > 1:
+        found = ", ".join(f"{label} on {dev}" for dev, label in devices.items())
+        raise TypeError(f"{_ADAPTER}.{name}: tensors on different devices ({found}); put them on one device")
+    (dev,) = devices or (torch.device("cpu"),)
+    if dev.type == "cpu":
+        return None
+    for label, x in named:  # NumPy arrays or lists beside CUDA tensors (numbers are fine)
+        if isinstance(x, (np.ndarray, list, tuple)):
+            raise TypeError(
+                f"{_ADAPTER}.{name}: {label} is a host {type(x).__name__} but the tensors are on {dev}; "
+                "pass it as a tensor on the same device"
+            )
+    return dev
 
 
 def wrap(loss: Loss) -> Callable[..., torch.Tensor]:
-    """``loss`` as a differentiable function of torch tensors.
+    """``loss`` as a differentiable function of torch tensors (CPU or CUDA).
 
     Parameters
     ----------
@@ -135,28 +201,38 @@ def wrap(loss: Loss) -> Callable[..., torch.Tensor]:
     -------
     callable
         ``f(*inputs, **kwargs) -> torch.Tensor`` with ``loss``'s signature (without ``out=`` and
-        ``stats=``). Gradients flow to the loss's differentiable inputs.
+        ``stats=``). Gradients flow to the loss's differentiable inputs, for every reduction.
+        CPU tensors run the CPU kernels on zero-copy NumPy views; CUDA tensors run the CUDA
+        backend on the tensors themselves and get CUDA tensors back (see the module docstring
+        for what was tested without a GPU).
+
+    Raises
+    ------
+    TypeError
+        ``out=`` or ``stats=`` given, no tensor among the inputs, tensors on different devices,
+        or a parameter that makes the loss return a tuple (``return_z_loss=True``).
+    ValueError
+        A non-differentiable input or the weight requires a gradient.
     """
     if not isinstance(loss, Loss):
-        raise TypeError(f"fastloss.torch.wrap expects a fastloss Loss, got {type(loss).__name__}")
+        raise TypeError(f"{_ADAPTER}.wrap expects a fastloss Loss, got {type(loss).__name__}")
     name = loss.spec.name
 
     def f(*args, **kwargs):
         for k in ("out", "stats"):
             if k in kwargs:
-                raise TypeError(f"fastloss.torch.{name}() does not take {k}= (autograd owns the gradient)")
+                raise TypeError(f"{_ADAPTER}.{name}() does not take {k}= (autograd owns the gradient)")
         inputs, params, weight, reduction, _, _ = loss._bind(args, kwargs, with_out=False)
         if not any(isinstance(t, torch.Tensor) for t in inputs):
-            raise TypeError(f"fastloss.torch.{name}() expects torch tensors; use fastloss.{name} for NumPy arrays")
-        call = _Call(loss, params, _weight(name, weight), reduction)
+            raise TypeError(f"{_ADAPTER}.{name}() expects torch tensors; use fastloss.{name} for NumPy arrays")
+        _adapters.check_params(_ADAPTER, name, params)
+        if isinstance(weight, torch.Tensor) and weight.requires_grad:
+            raise ValueError(f"{_ADAPTER}.{name}: weight must not require a gradient; detach it")
         _check_requires_grad(loss, inputs)
-        if reduction == "none" and loss.spec.kind not in ("pointwise", "rowwise") and any(
-            isinstance(inputs[k], torch.Tensor) and inputs[k].requires_grad for k in call.diff
-        ):
-            raise NotImplementedError(
-                f"fastloss.torch.{name}: reduction='none' is differentiable for pointwise and rowwise losses only; "
-                "reduce with 'mean' or 'sum'"
-            )
+        device = _device(name, loss, inputs, weight)
+        call = _Call(loss, params, weight, reduction, device)
+        if any(isinstance(inputs[k], torch.Tensor) and inputs[k].requires_grad for k in call.diff):
+            _adapters.check_none_supported(_ADAPTER, loss, reduction)
         return _FusedLoss.apply(call, *inputs)
 
     f.__name__ = f.__qualname__ = name
@@ -166,21 +242,11 @@ def wrap(loss: Loss) -> Callable[..., torch.Tensor]:
     return f
 
 
-def _weight(name: str, weight):
-    if isinstance(weight, torch.Tensor):
-        if weight.requires_grad:
-            raise ValueError(f"fastloss.torch.{name}: weight must not require a gradient; detach it")
-        if weight.device.type != "cpu":
-            raise NotImplementedError(f"fastloss.torch.{name}: weight is a {weight.device.type} tensor")
-        return weight.detach().numpy()
-    return weight
-
-
 def _check_requires_grad(loss: Loss, inputs) -> None:
     for inp, t in zip(loss.spec.inputs, inputs):
         if isinstance(t, torch.Tensor) and t.requires_grad and not inp.differentiable:
             raise ValueError(
-                f"fastloss.torch.{loss.spec.name}: {inp.name} requires a gradient, but fastloss computes none for "
+                f"{_ADAPTER}.{loss.spec.name}: {inp.name} requires a gradient, but fastloss computes none for "
                 f"it; detach it (e.g. {inp.name}.detach()) or use the PyTorch loss"
             )
 

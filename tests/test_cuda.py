@@ -1,5 +1,8 @@
 """The CUDA backend under the Numba CUDA simulator: every loss agrees with the CPU, every option works.
 
+Every kind with a CUDA implementation is covered: pointwise, rowwise, rowreduce (embedding and
+overlap losses) and similarity (InfoNCE, with the package's fallback matmul and a plugged one).
+
 These tests need ``NUMBA_ENABLE_CUDASIM=1`` set before ``numba.cuda`` is first imported, so they
 skip in an ordinary run; ``tests/test_cuda_ptx.py::test_simulator_suite`` runs this module in a
 subprocess with the simulator enabled, so the default ``python -m pytest`` exercises it (and
@@ -22,6 +25,8 @@ pytest.importorskip("numba_cuda")
 
 from cases import POINTWISE, defaults, pointwise_inputs
 from numba import cuda
+from rowcases import default_shape
+from rowcases import row_inputs as reduce_inputs
 
 import fastloss as fl
 from fastloss._cuda import config, simulator
@@ -33,11 +38,11 @@ pytestmark = pytest.mark.cudasim
 def small_launches():
     """Tiny blocks (grid-stride loops still take several turns) and a fast, race-free simulator
     (see fastloss._cuda.simulator)."""
-    saved = config.THREADS, config.MAX_BLOCKS, config.ROW_THREADS
-    config.THREADS, config.MAX_BLOCKS, config.ROW_THREADS = 8, 4, 8
+    saved = config.THREADS, config.MAX_BLOCKS, config.ROW_THREADS, config.TILE
+    config.THREADS, config.MAX_BLOCKS, config.ROW_THREADS, config.TILE = 8, 4, 8, 4
     interval = simulator.configure()
     yield
-    config.THREADS, config.MAX_BLOCKS, config.ROW_THREADS = saved
+    config.THREADS, config.MAX_BLOCKS, config.ROW_THREADS, config.TILE = saved
     sys.setswitchinterval(interval)
 
 
@@ -408,3 +413,335 @@ def test_cross_entropy_z_loss_softcap_and_z_part_match_cpu(form, reduction):
     xd = dev(x)
     _, gi = fl.cross_entropy.value_and_grad(xd, dev(y), out=xd, z_loss=0.02, softcap=3.0)
     close(gi, fl.cross_entropy.grad(x, y, z_loss=0.02, softcap=3.0))
+
+
+def test_gaussian_nll_negative_variance_raises_on_the_device():
+    rng = np.random.default_rng(17)
+    p, t = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
+    var = np.array([0.5, -0.25, 1.0])
+    with pytest.raises(ValueError, match="var has negative entries"):
+        fl.gaussian_nll(p, t, var)  # the CPU's own check
+    with pytest.raises(ValueError, match=r"gaussian_nll: var has negative entries; var\[1\] = -0.25"):
+        fl.gaussian_nll(dev(p), dev(t), dev(var))
+    full = np.abs(rng.normal(size=(3, 4)))
+    full[2, 3] = -1e-9
+    with pytest.raises(ValueError, match=r"var\[2, 3\]"):
+        fl.gaussian_nll.grad(dev(p), dev(t), dev(full))
+    # NaN is not negative (it propagates, as on the CPU); zero is allowed (clamped at eps)
+    ok = np.array([0.5, np.nan, 0.0])
+    v = fl.gaussian_nll(dev(p), dev(t), dev(ok), reduction="none").copy_to_host()
+    want = fl.gaussian_nll(p, t, ok, reduction="none")
+    np.testing.assert_array_equal(np.isnan(v), np.isnan(want))
+    close(v[~np.isnan(v)], want[~np.isnan(want)])
+    # without the device check nothing waits, and the offending elements are NaN, never clamped
+    config.CHECK_LABELS = False
+    try:
+        v, (gm, gv) = fl.gaussian_nll.value_and_grad(dev(p), dev(t), dev(var), reduction="none")
+    finally:
+        config.CHECK_LABELS = True
+    v, gm, gv = host(v), host(gm), host(gv)
+    assert np.isnan(v[1]).all() and np.isnan(gm[1]).all() and np.isnan(gv[1])
+    assert np.isfinite(v[[0, 2]]).all() and np.isfinite(gm[[0, 2]]).all() and np.isfinite(gv[[0, 2]]).all()
+
+
+# -- rowreduce losses (embedding and overlap losses) ------------------------------------------------------
+
+ROWREDUCE = fl.names("rowreduce")
+
+
+def reduce_case(name, rng, lead=None, row=None, dtype=np.float64, params=None):
+    """Valid inputs for ``name`` (row-aligned inputs cast to ``dtype``; per-row targets as they are)."""
+    spec = fl.get(name).spec
+    d_lead, d_row = default_shape(spec)
+    inputs = reduce_inputs(spec, d_lead if lead is None else lead, d_row if row is None else row, rng, params)
+    per_row = spec.options.get("row_inputs", ())
+    return [x if i.name in per_row else x.astype(dtype) for i, x in zip(spec.inputs, inputs)]
+
+
+def assert_matches_cpu(loss, inputs, dtype=np.float64, **kw):
+    """value_and_grad on the device == on the CPU for every reduction; shapes and dtypes too."""
+    d_kw = {k: dev(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+    for reduction in ("mean", "sum", "none"):
+        v, g = loss.value_and_grad(*[dev(x) for x in inputs], reduction=reduction, **d_kw)
+        want_v, want_g = loss.value_and_grad(*inputs, reduction=reduction, **kw)
+        assert v.shape == np.shape(want_v) and v.dtype == np.asarray(want_v).dtype
+        close(v, want_v, dtype)
+        assert len(as_tuple(g)) == len(as_tuple(want_g))
+        for got, want in zip(as_tuple(g), as_tuple(want_g)):
+            assert got.shape == want.shape and got.dtype == want.dtype
+            close(got, want, dtype)
+
+
+@pytest.mark.parametrize("name", ROWREDUCE)
+def test_rowreduce_value_and_grad_match_cpu(name):
+    loss = fl.get(name)
+    inputs = reduce_case(name, np.random.default_rng(20))
+    assert_matches_cpu(loss, inputs)
+    close(loss(*[dev(x) for x in inputs]), loss(*inputs))
+    for got, want in zip(as_tuple(loss.grad(*[dev(x) for x in inputs])), as_tuple(loss.grad(*inputs))):
+        close(got, want)
+
+
+@pytest.mark.parametrize("name", ROWREDUCE)
+def test_rowreduce_options_weights_float32_match_cpu(name):
+    """Every parameter moved off its default (kernel variants too), row weights, float32 inputs."""
+    loss = fl.get(name)
+    rng = np.random.default_rng(21)
+    params = {p.name: (p.special[0] if p.special else p.default) for p in loss.spec.params}
+    inputs = reduce_case(name, rng, dtype=np.float32, params=params)
+    lead = default_shape(loss.spec)[0]
+    assert_matches_cpu(loss, inputs, np.float32, weight=rng.uniform(0.1, 2.0, size=lead), **params)
+
+
+def test_rowreduce_threads_per_row_and_split_rows(monkeypatch):
+    """Rows shared by 1, 2, 4 and 8 threads, and few long rows split into pieces across blocks."""
+    from fastloss._cuda import rowreduce
+
+    rng = np.random.default_rng(22)
+    assert [rowreduce.threads_per_row(d, 8) for d in (1, 4, 5, 9, 17, 100)] == [1, 1, 2, 4, 8, 8]
+    for row in ((3,), (7,), (13,), (40,)):
+        assert_matches_cpu(fl.contrastive, reduce_case("contrastive", rng, lead=(5,), row=row))
+    monkeypatch.setattr(config, "ROW_PIECE", 16)
+    monkeypatch.setattr(config, "ROW_SPLIT_BLOCKS", 4)
+    for name in ("dice", "triplet_margin", "cosine_embedding"):
+        lead, row = ((2,), (3, 11)) if name == "dice" else ((3,), (37,))
+        inputs = reduce_case(name, rng, lead=lead, row=row)
+        w = rng.uniform(0.5, 1.5, size=lead)
+        assert_matches_cpu(fl.get(name), inputs, weight=w)
+        _, _, st = fl.get(name).value_and_grad(*[dev(x) for x in inputs], stats=True)
+        _, _, want = fl.get(name).value_and_grad(*inputs, stats=True)
+        assert st.norm == pytest.approx(want.norm, rel=1e-12) and st.nonfinite == want.nonfinite == 0
+
+
+def test_rowreduce_layouts_single_rows_scalars_and_broadcast_weights():
+    rng = np.random.default_rng(23)
+    x1, x2, y = reduce_case("contrastive", rng, lead=(4, 3), row=(5,))
+    # transposed (non-contiguous) embeddings, a (4, 3) grid of rows, targets broadcast from (3,)
+    a1 = np.asfortranarray(x1)
+    assert_matches_cpu(fl.contrastive, [a1, x2, y[0]], weight=rng.uniform(size=(4, 1)))
+    v, (g1, _) = fl.contrastive.value_and_grad(dev(x1.T).T, dev(x2), dev(y[0]))
+    want_v, (want_g1, _) = fl.contrastive.value_and_grad(x1, x2, y[0])
+    close(v, want_v)
+    close(g1, want_g1)
+    # a single pair (D,) with a Python number as its target: 0-d results as on the CPU
+    v, (g1, g2) = fl.contrastive.value_and_grad(dev(x1[0, 0]), dev(x2[0, 0]), 1, reduction="none")
+    want_v, (want_g1, want_g2) = fl.contrastive.value_and_grad(x1[0, 0], x2[0, 0], 1, reduction="none")
+    assert v.shape == () and g1.shape == (5,)
+    close(v, want_v)
+    close(g2, want_g2)
+    # masks with rows over all axes after the first, a weight per sample
+    p, t = reduce_case("jaccard", rng, lead=(3,), row=(2, 5))
+    assert_matches_cpu(fl.jaccard, [p, t], weight=rng.uniform(size=3))
+
+
+def test_rowreduce_out_in_place_and_strided_out():
+    rng = np.random.default_rng(24)
+    x, t = reduce_case("dice", rng, lead=(3,), row=(4, 5), dtype=np.float32)
+    want_v, want_g = fl.dice.value_and_grad(x, t)
+    dx = dev(x)
+    v, g = fl.dice.value_and_grad(dx, dev(t), out=dx)  # the gradient over the logits
+    assert g is dx
+    close(v, want_v, np.float32)
+    close(dx, want_g, np.float32)
+    # several gradients: in place for one, a strided buffer for the other, None to allocate
+    a, p, n = reduce_case("triplet_margin", rng, lead=(6,), row=(5,))
+    want = fl.triplet_margin.grad(a, p, n)
+    da, dp, dn = dev(a), dev(p), dev(n)
+    strided = dev(np.zeros((5, 6))).T
+    ga, gp, gn = fl.triplet_margin.grad(da, dp, dn, out=(da, strided, None))
+    assert ga is da and gp is strided
+    for got, w in zip((da, strided, gn), want):
+        close(got, w)
+    x1, x2, y = reduce_case("contrastive", rng)
+    d1, d2, dy = dev(x1), dev(x2), dev(y)
+    with pytest.raises(ValueError, match="out must hold 2 gradient buffer"):
+        fl.contrastive.grad(d1, d2, dy, out=dev(np.zeros_like(x1)))
+    with pytest.raises(ValueError, match=r"out\[1\] shares memory with x1"):
+        fl.contrastive.grad(d1, d2, dy, out=(None, d1))
+    with pytest.raises(TypeError, match="dtype"):
+        fl.contrastive.grad(d1, d2, dy, out=(dev(np.zeros(x1.shape, np.float32)), None))
+    with pytest.raises(ValueError, match="shape"):
+        fl.contrastive.grad(d1, d2, dy, out=(dev(np.zeros((2, 2))), None))
+
+
+def test_rowreduce_float16_is_computed_in_float32():
+    rng = np.random.default_rng(25)
+    for name in ("dice", "cosine_embedding"):
+        inputs = reduce_case(name, rng, dtype=np.float16)
+        v, g = fl.get(name).value_and_grad(*[dev(x) for x in inputs])
+        want_v, want_g = fl.get(name).value_and_grad(*inputs)
+        assert v.dtype == np.float16 and all(x.dtype == np.float16 for x in as_tuple(g))
+        close(v, want_v, np.float16)
+        for got, want in zip(as_tuple(g), as_tuple(want_g)):
+            close(got, want, np.float16)
+
+
+def test_rowreduce_bad_inputs_raise_as_on_the_cpu():
+    rng = np.random.default_rng(26)
+    x1, x2, y = reduce_case("contrastive", rng)
+    y = y.copy()
+    y[3] = 0.5
+    with pytest.raises(ValueError, match=r"target must take values in \{0, 1\}; target\[3\] = 0.5"):
+        fl.contrastive(dev(x1), dev(x2), dev(y))
+    with pytest.raises(ValueError, match=r"target\[0\] = 0.0"):
+        fl.cosine_embedding(dev(x1), dev(x2), dev(np.zeros(6)))
+    with pytest.raises(ValueError, match="row-aligned inputs must have the same shape"):
+        fl.contrastive(dev(x1), dev(x2[:, :4]), dev(np.ones(6)))
+    with pytest.raises(ValueError, match="one value per row"):
+        fl.contrastive(dev(x1), dev(x2), dev(np.ones(5)))
+    with pytest.raises(ValueError, match="must have length 4"):
+        fl.giou(dev(x1), dev(x2))
+    with pytest.raises(ValueError, match="weight of shape"):
+        fl.contrastive(dev(x1), dev(x2), dev(np.ones(6)), weight=dev(np.ones(5)))
+
+
+def test_degenerate_boxes_raise_the_cpus_error_before_anything_is_written():
+    from fastloss.losses.overlap import _boxes_valid
+
+    rng = np.random.default_rng(27)
+    pred, target = reduce_case("giou", rng, lead=(7,))
+    target = target.copy()
+    target[4, 2] = target[4, 0] - 0.5  # x2 < x1
+    with pytest.raises(ValueError) as cpu:
+        fl.giou(pred, target)
+    dp = dev(pred)
+    with pytest.raises(ValueError) as gpu:
+        fl.giou.value_and_grad(dp, dev(target), out=dp)
+    assert str(gpu.value) == str(cpu.value) and "target_boxes[4]" in str(gpu.value)
+    np.testing.assert_array_equal(dp.copy_to_host(), pred)  # the in-place gradient was not written
+    # the device form agrees with the host check, row by row
+    boxes = rng.uniform(-1, 1, size=(200, 2, 4))
+    for b in boxes:
+        host_ok = not ((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])).any()
+        assert _boxes_valid(tuple(b.reshape(-1)), 1e-7) == host_ok
+    # unchecked: nothing waits, the bad row is NaN and the others are right
+    config.CHECK_LABELS = False
+    try:
+        v, g = fl.giou.value_and_grad(dev(pred), dev(target), reduction="none")
+    finally:
+        config.CHECK_LABELS = True
+    v, g = host(v), host(g)
+    ok = np.arange(7) != 4
+    assert np.isnan(v[4]) and np.isnan(g[4]).all()
+    close(v[ok], fl.giou(pred[ok], target[ok], reduction="none"))
+    close(g[ok], fl.giou.grad(pred[ok], target[ok], reduction="sum"))
+
+
+def test_rowreduce_empty_stats_and_determinism():
+    rng = np.random.default_rng(28)
+    e = dev(np.zeros((0, 5)))
+    assert np.isnan(float(fl.contrastive(e, e, dev(np.zeros(0)))))
+    assert float(fl.contrastive(e, e, dev(np.zeros(0)), reduction="sum")) == 0.0
+    v, (g1, g2) = fl.contrastive.value_and_grad(e, e, dev(np.zeros(0)), reduction="none")
+    assert v.shape == (0,) and g1.shape == g2.shape == (0, 5)
+    inputs = reduce_case("tversky", rng, lead=(5,), row=(3, 3))
+    inputs[0][1, 0, 0] = np.nan
+    _, _, st = fl.tversky.value_and_grad(*[dev(x) for x in inputs], stats=True)
+    _, _, want = fl.tversky.value_and_grad(*inputs, stats=True)
+    assert st.nonfinite == want.nonfinite == 9  # one NaN poisons its row
+    assert st.norm == pytest.approx(want.norm, rel=1e-12)
+    d_inputs = [dev(x) for x in reduce_case("cosine_embedding", rng, lead=(40,), row=(6,))]
+    assert len({float(fl.cosine_embedding(*d_inputs)) for _ in range(3)}) == 1
+
+
+# -- the similarity kind (InfoNCE) ----------------------------------------------------------------------------
+
+
+def nce_case(rng, n=6, d=5, dtype=np.float64):
+    z1 = rng.normal(size=(n, d))
+    return z1.astype(dtype), (z1 + rng.normal(0.0, 0.7, size=(n, d))).astype(dtype)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_info_nce_matches_cpu(symmetric):
+    rng = np.random.default_rng(30)
+    z1, z2 = nce_case(rng)
+    assert_matches_cpu(fl.info_nce, [z1, z2], symmetric=symmetric, temperature=0.3)
+    assert_matches_cpu(fl.info_nce, [z1, z2], symmetric=symmetric, weight=rng.uniform(0.2, 2.0, size=6))
+    close(fl.info_nce(dev(z1), dev(z2)), fl.info_nce(z1, z2))
+
+
+def test_info_nce_float32_float16_layouts_and_out():
+    rng = np.random.default_rng(31)
+    z1, z2 = nce_case(rng, n=5, d=7, dtype=np.float32)
+    assert_matches_cpu(fl.info_nce, [z1, z2], np.float32)
+    want_v, (w1, w2) = fl.info_nce.value_and_grad(z1, z2)
+    # in place over the first view, a strided buffer for the second, a transposed input
+    d1 = dev(z1)
+    out2 = dev(np.zeros((7, 5), np.float32)).T
+    v, (g1, g2) = fl.info_nce.value_and_grad(d1, dev(z2.T).T, out=(d1, out2))
+    assert g1 is d1 and g2 is out2
+    close(v, want_v, np.float32)
+    close(d1, w1, np.float32)
+    close(out2, w2, np.float32)
+    h1, h2 = nce_case(rng, n=4, d=3, dtype=np.float16)
+    v, (g1, g2) = fl.info_nce.value_and_grad(dev(h1), dev(h2))
+    want_v, (w1, w2) = fl.info_nce.value_and_grad(h1, h2)
+    assert v.dtype == g1.dtype == g2.dtype == np.float16
+    close(v, want_v, np.float16)
+    close(g1, w1, np.float16)
+    close(g2, w2, np.float16)
+
+
+def test_info_nce_zero_rows_stats_empty_and_errors():
+    rng = np.random.default_rng(32)
+    z1, z2 = nce_case(rng)
+    z1[2] = 0.0  # a zero embedding: below the normalisation's floor
+    assert_matches_cpu(fl.info_nce, [z1, z2])
+    _, _, st = fl.info_nce.value_and_grad(dev(z1), dev(z2), stats=True)
+    _, _, want = fl.info_nce.value_and_grad(z1, z2, stats=True)
+    assert st.norm == pytest.approx(want.norm, rel=1e-9) and st.nonfinite == 0
+    e = dev(np.zeros((0, 4)))
+    assert np.isnan(float(fl.info_nce(e, e)))
+    v, (g1, _) = fl.info_nce.value_and_grad(e, e, reduction="none")
+    assert v.shape == (0,) and g1.shape == (0, 4)
+    with pytest.raises(ValueError, match=r"must be 2-D"):
+        fl.info_nce(dev(z1[0]), dev(z2[0]))
+    with pytest.raises(ValueError, match="both views need the same rows"):
+        fl.info_nce(dev(z1), dev(z2[:5]))
+    with pytest.raises(ValueError, match="weight of shape"):
+        fl.info_nce(dev(z1), dev(z2), weight=dev(np.ones(5)))
+    with pytest.raises(ValueError, match="out must hold 2 gradient buffers"):
+        fl.info_nce.grad(dev(z1), dev(z2), out=dev(np.zeros_like(z1)))
+    d1, d2 = dev(z1), dev(z2)
+    with pytest.raises(ValueError, match=r"out\[0\] shares memory with z2"):
+        fl.info_nce.grad(d1, d2, out=(d2, None))
+
+
+def test_fallback_matmul_matches_numpy():
+    from fastloss._cuda import device, similarity
+
+    rng = np.random.default_rng(33)
+    pl = device.Placement("test", "a", dev(np.zeros(1)))
+    for m, nn, kk in ((5, 6, 7), (1, 9, 4), (8, 8, 8), (3, 2, 0)):
+        for ta in (False, True):
+            for tb in (False, True):
+                a = rng.normal(size=(kk, m) if ta else (m, kk))
+                b = rng.normal(size=(nn, kk) if tb else (kk, nn))
+                c = dev(np.full((m, nn), np.nan))
+                similarity.numba_matmul(pl, dev(a), dev(b), c, ta, tb, 0.5)
+                close(c, 0.5 * ((a.T if ta else a) @ (b.T if tb else b)))
+
+
+def test_device_matmul_is_pluggable(monkeypatch):
+    """A matmul supplied through similarity.MATMUL (here: on the host) does all three products."""
+    from fastloss._cuda import similarity
+
+    calls = []
+
+    def host_matmul(pl, a, b, c, trans_a, trans_b, alpha):
+        calls.append((tuple(a.shape), trans_a, trans_b))
+        A, B = a.copy_to_host(), b.copy_to_host()
+        c.copy_to_device(alpha * ((A.T if trans_a else A) @ (B.T if trans_b else B)).astype(c.dtype))
+
+    monkeypatch.setattr(similarity, "MATMUL", host_matmul)
+    rng = np.random.default_rng(34)
+    z1, z2 = nce_case(rng)
+    v, (g1, g2) = fl.info_nce.value_and_grad(dev(z1), dev(z2))
+    want_v, (w1, w2) = fl.info_nce.value_and_grad(z1, z2)
+    assert [(t_a, t_b) for _, t_a, t_b in calls] == [(False, True), (False, False), (True, False)]
+    close(v, want_v)
+    close(g1, w1)
+    close(g2, w2)
+    # without a plug, the simulator always takes the package's kernel (CuPy and PyTorch cannot see its arrays)
+    assert similarity._automatic("torch", True) is similarity.numba_matmul

@@ -77,7 +77,8 @@ def test_gpu_check_runs_under_the_simulator(tmp_path):
     report = json.loads(out.read_text())
     checked = {c["loss"] for c in report["checks"] if c["ok"]}
     assert checked == set(CUDA_LOSSES)
-    assert {r["loss"] for r in report["benchmarks"]} == {"mse", "huber", "binary_cross_entropy", "cross_entropy"}
+    assert {r["loss"] for r in report["benchmarks"]} == {"mse", "huber", "binary_cross_entropy", "cross_entropy",
+                                                         "dice", "info_nce"}
 
 
 # -- PTX for compute capability 9.0 ------------------------------------------------------------------------
@@ -89,7 +90,8 @@ def test_shared_kernels_compile_and_assemble_for_sm90():
     from fastloss._cuda import ptx
 
     kernels = ptx.shared_kernels()
-    assert {"finalize", "sum_values", "grad_stats", "first_not_in", "check_labels", "sum_to"} <= set(kernels)
+    assert {"finalize", "sum_values", "grad_stats", "first_not_in", "first_below", "check_labels",
+            "sum_to"} <= set(kernels)
     for name, code in kernels.items():
         assert ".target sm_90" in code, name
         assert not re.search(r"atom\.[a-z.]*\.f(32|64)", code), f"{name} uses float atomics"
@@ -123,7 +125,7 @@ def test_every_loss_compiles_to_ptx_for_sm90(name, dtype):
 
 @needs_numba_cuda
 @real_compiler
-@pytest.mark.parametrize("name", ["mse", "binary_cross_entropy", "cross_entropy"])
+@pytest.mark.parametrize("name", ["mse", "binary_cross_entropy", "cross_entropy", "dice", "info_nce"])
 def test_float16_kernels_compile_for_sm90(name):
     from fastloss._cuda import ptx
 
@@ -161,6 +163,27 @@ def test_host_calls_never_import_numba_cuda():
     )
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env, timeout=300)
+
+
+def test_every_kind_has_a_cuda_implementation():
+    """Every kind's losses (and losses declared later) run on CUDA arrays: a CUDA module per kind."""
+    assert set(KIND_MODULES) == set(_kinds.KINDS)
+    assert set(CUDA_LOSSES) == set(fl.names())
+
+
+@needs_numba_cuda
+@real_compiler
+def test_rowreduce_kernels_cover_the_declared_stages():
+    """One generated driver for the kind: the split kernels only where rows can be long, the
+    kernel variants of the default parameters too, and the row check compiled where declared."""
+    from fastloss._cuda import ptx
+
+    assert set(ptx.loss_kernels(fl.giou, "float32")) == {"rowreduce_fused"}
+    names = set(ptx.loss_kernels(fl.triplet_margin, "float64"))
+    assert {"rowreduce_fused", "rowreduce_piece_sums", "rowreduce_piece_rows", "rowreduce_piece_grads",
+            "rowreduce_fused_variant"} <= names
+    code = ptx.loss_kernels(fl.giou, "float64")["rowreduce_fused"]
+    assert re.search(r"atom\.global\.min\.s64", code)  # the row check's first failing row: an integer atomic
 
 
 def test_select_kind_keeps_the_host_kind_for_numpy():

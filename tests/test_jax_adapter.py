@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -10,10 +11,12 @@ import pytest
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
-from cases import POINTWISE, pointwise_inputs  # noqa: E402
+import adaptercases as ac  # noqa: E402
+from jax.test_util import check_grads  # noqa: E402
 
 import fastloss as fl  # noqa: E402
 import fastloss.jax as flj  # noqa: E402
+from fastloss import _adapters as fastloss_adapters  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -24,19 +27,86 @@ def x64():
     jax.config.update("jax_enable_x64", previous)
 
 
-@pytest.mark.parametrize("name", POINTWISE)
-def test_grad_of_every_pointwise_loss_matches_numpy(name):
-    loss = fl.get(name)
-    inputs = pointwise_inputs(loss.spec, (7, 3), np.random.default_rng(0))
-    diff = [k for k, inp in enumerate(loss.spec.inputs) if inp.differentiable]
+def closed_over(name, xs, w, reduction):
+    """The loss as a function of its differentiable inputs only (targets and weight fixed)."""
     f = getattr(flj, name)
-    value, grads = jax.value_and_grad(lambda *a: 1.5 * f(*a, reduction="sum"), argnums=tuple(diff))(
-        *[jnp.asarray(x) for x in inputs]
-    )
-    want_v, want_g = loss.value_and_grad(*inputs, reduction="sum")
+    diff = ac.differentiable(name)
+    fixed = [jnp.asarray(x) for x in xs]
+    wj = None if w is None else jnp.asarray(w)
+
+    def fn(*d):
+        args = list(fixed)
+        for k, t in zip(diff, d):
+            args[k] = t
+        return f(*args, weight=wj, reduction=reduction)
+
+    return fn, tuple(jnp.asarray(xs[k]) for k in diff)
+
+
+def test_every_registered_loss_has_a_wrapper():
+    assert set(ac.NAMES) <= set(fl.names()) and len(ac.NAMES) > 20
+    for name in fl.names():  # custom losses registered by earlier tests too
+        f = getattr(flj, name)
+        assert f.__wrapped__ is fl.get(name) and f.__name__ == name
+
+
+@pytest.mark.parametrize("name", ac.NAMES)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_grad_of_every_registered_loss_is_the_fused_gradient(name, reduction):
+    loss = fl.get(name)
+    rng = np.random.default_rng(0)
+    xs = ac.inputs(name, rng)
+    w = ac.weight(name, xs, rng)
+    fn, args = closed_over(name, xs, w, reduction)
+    value, grads = jax.value_and_grad(lambda *a: 1.5 * fn(*a), argnums=tuple(range(len(args))))(*args)
+    want_v, want_g = loss.value_and_grad(*xs, weight=w, reduction=reduction)
     np.testing.assert_allclose(value, 1.5 * want_v, rtol=1e-15)
-    for got, want in zip(grads, want_g if isinstance(want_g, tuple) else (want_g,)):
+    for got, want in zip(grads, ac.as_tuple(want_g)):
         np.testing.assert_allclose(got, 1.5 * want, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("name", ac.NAMES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_check_grads_every_registered_loss(name, reduction):
+    """jax.test_util.check_grads in reverse mode (float64): the VJP against finite differences along a
+    random direction with a random cotangent, so under "none" cross-sample terms count too. Weighted
+    with the loss's own weight semantics."""
+    rng = np.random.default_rng(1)
+    xs = ac.inputs(name, rng)
+    w = ac.weight(name, xs, rng)
+    fn, args = closed_over(name, xs, w, reduction)
+    check_grads(fn, args, order=1, modes=("rev",), eps=1e-6, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ac.NAMES)
+def test_reduction_none_vjp_matches_the_torch_free_reference(name):
+    """The VJP of the per-sample losses against fastloss's gradient of sum_i c_i w_i l_i (per-sample
+    weights), or, for rowwise losses (per-class weights), each row's gradient times its cotangent;
+    under jit as well."""
+    loss = fl.get(name)
+    rng = np.random.default_rng(2)
+    xs = ac.inputs(name, rng)
+    w = ac.weight(name, xs, rng)
+    fn, args = closed_over(name, xs, w, "none")
+    values, vjp = jax.vjp(jax.jit(fn), *args)
+    np.testing.assert_array_equal(values, loss(*xs, weight=w, reduction="none"))
+    c = rng.normal(size=values.shape)
+    got = vjp(jnp.asarray(c))
+    if loss.spec.kind == "rowwise":
+        want = [g * c[..., None] for g in ac.as_tuple(loss.grad(*xs, weight=w, reduction="sum"))]
+    else:
+        cw = c if w is None else c * np.broadcast_to(w, c.shape)
+        want = ac.as_tuple(loss.grad(*xs, weight=cw, reduction="sum"))
+    for g, want_g in zip(got, want):
+        np.testing.assert_allclose(g, want_g, rtol=1e-13, atol=1e-15)
+
+
+def test_gaussian_nll_per_sample_variance_under_none():
+    rng = np.random.default_rng(8)
+    m, y, var = rng.normal(size=(3, 4)), jnp.asarray(rng.normal(size=(3, 4))), rng.uniform(0.5, 2, size=3)
+    f = lambda a, b: flj.gaussian_nll(a, y, b, reduction="none")
+    assert f(jnp.asarray(m), jnp.asarray(var)).shape == (3, 4)
+    check_grads(f, (jnp.asarray(m), jnp.asarray(var)), order=1, modes=("rev",), eps=1e-6, atol=1e-6, rtol=1e-6)
 
 
 def test_against_a_plain_jax_loss_under_jit():
@@ -109,8 +179,6 @@ def test_custom_loss_and_jax_check_grads():
         s = math.sqrt(1.0 + (d / delta) ** 2)
         return delta * delta * (s - 1.0), d / s
 
-    from jax.test_util import check_grads
-
     f = flj.wrap(pseudo_huber)
     t = jnp.asarray(np.random.default_rng(5).normal(size=8))
     p = jnp.asarray(np.random.default_rng(6).normal(size=8))
@@ -128,3 +196,8 @@ def test_clear_errors():
         flj.wrap(len)
     with pytest.raises(AttributeError):
         flj.not_a_loss
+    with pytest.raises(TypeError, match="return_z_loss=True returns a tuple"):
+        fastloss_adapters.check_params("fastloss.jax", "cross_entropy", {"return_z_loss": True})
+    if "return_z_loss" in inspect.signature(fl.cross_entropy).parameters:  # once cross_entropy has it
+        with pytest.raises(TypeError, match="return_z_loss=True"):
+            flj.cross_entropy(x, jnp.zeros(3, dtype=jnp.int32), return_z_loss=True)

@@ -25,6 +25,8 @@ import numpy as np
 KIND_MODULES = {
     "pointwise": "fastloss._cuda.pointwise",
     "rowwise": "fastloss._cuda.rowwise",
+    "rowreduce": "fastloss._cuda.rowreduce",
+    "similarity": "fastloss._cuda.similarity",
 }
 
 _SCALARS = (float, int, bool, np.generic)

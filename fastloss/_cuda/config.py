@@ -28,3 +28,13 @@ ROW_SM_THREADS = 1024
 #: queued before it. With ``False`` nothing waits: row kernels still never index with an invalid
 #: label (its row gets a NaN loss and a NaN gradient), and pointwise discrete inputs are used as given.
 CHECK_LABELS = True
+
+#: Row reductions (the rowreduce kind): elements per piece when rows are split across blocks, and
+#: the number of blocks below which long rows are split (few rows would leave most SMs idle with
+#: one block per row). Both fix the order of a row's sums, like ``THREADS``.
+ROW_PIECE = 8192
+ROW_SPLIT_BLOCKS = 256
+
+#: Side of the square thread tiles of the similarity kind's matrix kernels (transposes and the
+#: fallback matrix product; a block is ``TILE x TILE`` threads).
+TILE = 16

@@ -154,6 +154,16 @@ def first_not_in(n, x, allowed, bad):
         i += step
 
 
+def first_below(n, x, low, bad):
+    """``bad[0] = min(bad[0], first i with x[i] < low)`` (NaN is not below; an integer atomic)."""
+    i = grid_start()
+    step = grid_step()
+    while i < n:
+        if float64(x[i]) < low:
+            cuda.atomic.min(bad, 0, int64(i))
+        i += step
+
+
 def check_labels(n, y, nc, ignore_index, use_ignore, w, weighted, bad, partials):
     """Class labels: ``bad[0] = min(bad[0], first invalid i)`` and per-block sums of the mean's
     denominator (``w[y_i]`` when ``weighted``, else 1, over valid labels other than ``ignore_index``)."""
@@ -244,7 +254,7 @@ def _scatter_source(ndim: int) -> str:
 
 
 DEVICE_FUNCTIONS = (grid_start, grid_step, block_sum, block_max)
-KERNELS = (fill, finalize, sum_values, grad_stats, first_not_in, check_labels, sum_to)
+KERNELS = (fill, finalize, sum_values, grad_stats, first_not_in, first_below, check_labels, sum_to)
 
 
 class Toolkit:

@@ -9,6 +9,13 @@ order (:mod:`fastloss._cuda.kernels`), so the loss is deterministic and never sy
 the host. Kernels are memoised per (loss kernel, compute type, block size); Numba specialises
 them per storage dtypes and loads them per device.
 
+Value checks. Discrete inputs are checked on the device (:func:`check_discrete`), and so are the
+lower bounds a declaration lists in its ``lower_bounds`` option (``{input name: low}``, e.g.
+``gaussian_nll``'s ``var >= 0``, which the CPU checks on the host in its ``adapt_inputs`` hook:
+such host checks never see device values). With ``config.CHECK_LABELS`` the first offending element
+is read back and raises ``ValueError`` (this waits for the GPU); without it, nothing waits and an
+element below its bound gets a NaN loss and NaN gradients, never a silently clamped value.
+
 Inputs are read in their storage dtype and converted in registers: float16 and float32 to
 float32, everything else to float64. Inputs of the full shape that are C-contiguous are read in
 place; a one-element input is read through a zero stride; other broadcast or strided inputs are
@@ -50,9 +57,9 @@ def pointwise(n, {inputs}, w, bw, {grads}, loss_out, {params}scale, wsum, flags,
     i = grid_start()
     step = grid_step()
     while i < n:
-        res = _loss_kernel({args})
+        res = _loss_kernel({args}){outside}
         wi = float64(w[i * bw]) if weighted else 1.0
-        v = float64(res[0]) * wi
+        v = {value}
         acc += v
         if need_grad:
             sw = s * wi
@@ -66,14 +73,28 @@ def pointwise(n, {inputs}, w, bw, {grads}, loss_out, {params}scale, wsum, flags,
 '''
 
 
-def kernel_source(n_inputs: int, n_grads: int, n_params: int, real: str) -> str:
-    """The fused kernel's source for a loss of this arity, computing in ``real`` (``float32``/``float64``)."""
+def kernel_source(n_inputs: int, n_grads: int, n_params: int, real: str, bounds=()) -> str:
+    """The fused kernel's source for a loss of this arity, computing in ``real`` (``float32``/``float64``).
+
+    ``bounds``: ``(k, low)`` pairs, input ``k``'s declared lower bound (``lower_bounds`` option): an
+    element below it gets a NaN loss and NaN gradients (values are checked before the kernel runs
+    unless ``config.CHECK_LABELS`` is off, see :func:`check_lower_bound`).
+    """
+    if bounds:
+        cond = " or ".join(f"float64(x{k}[i * b{k}]) < {float(low)!r}" for k, low in bounds)
+        outside = f"\n        outside = {cond}  # below a declared lower bound: NaN, never a silent clamp"
+        value = "math.nan if outside else float64(res[0]) * wi"
+        grad = "math.nan if outside else res[{j}] * sw"
+    else:
+        outside, value, grad = "", "float64(res[0]) * wi", "res[{j}] * sw"
     return _TEMPLATE.format(
         inputs=", ".join(f"x{k}, b{k}" for k in range(n_inputs)),
         grads=", ".join(f"g{j}" for j in range(n_grads)),
         params="".join(f"p{j}, " for j in range(n_params)),
         args=", ".join([f"{real}(x{k}[i * b{k}])" for k in range(n_inputs)] + [f"p{j}" for j in range(n_params)]),
-        scatter="\n".join(f"            g{j}[i] = res[{j + 1}] * sw" for j in range(n_grads)),
+        scatter="\n".join(f"            g{j}[i] = " + grad.format(j=j + 1) for j in range(n_grads)),
+        outside=outside,
+        value=value,
     )
 
 
@@ -83,6 +104,10 @@ class _Layout:
         self.diff = [k for k, i in enumerate(spec.inputs) if i.differentiable]
         self.discrete = [(k, i.domain.values) for k, i in enumerate(spec.inputs) if isinstance(i.domain, Discrete)]
         self.adapt = spec.options.get("adapt_inputs")
+        # declared lower bounds of input values ({name: low}): the CPU's host-side checks (e.g. in
+        # an adapt_inputs hook) do not see device values, these are checked on the device
+        bounds = spec.options.get("lower_bounds", {})
+        self.bounds = tuple((self.names.index(nm), float(low)) for nm, low in bounds.items())
 
 
 class CudaPointwise:
@@ -101,7 +126,7 @@ class CudaPointwise:
     def kernel(self, spec: LossSpec, real: str, n_params: int):
         """The fused kernel of ``spec`` computing in ``real``, compiled lazily and memoised."""
         tk = kernels.shared()
-        key = (spec.kernel, real, n_params, tk.threads)
+        key = (spec.kernel, real, n_params, tk.threads, self._layout(spec).bounds)
         kern = self._kernels.get(key)
         if kern is None:
             with self._lock:
@@ -113,7 +138,7 @@ class CudaPointwise:
     def python_kernel(self, spec: LossSpec, real: str, n_params: int, tk):
         """The fused kernel of ``spec`` as a Python function over ``tk``'s globals (to jit, or for PTX)."""
         layout = self._layout(spec)
-        source = kernel_source(len(layout.names), len(layout.diff), n_params, real)
+        source = kernel_source(len(layout.names), len(layout.diff), n_params, real, layout.bounds)
         scalar = getattr(spec.kernel, "py_func", spec.kernel)
         extra = {
             "_loss_kernel": cuda.jit(device=True)(scalar),
@@ -171,6 +196,8 @@ class CudaPointwise:
         if config.CHECK_LABELS:
             for k, values in layout.discrete:
                 check_discrete(pl, name, layout.names[k], views[k], values)
+            for k, low in layout.bounds:
+                check_lower_bound(pl, name, layout.names[k], originals[k], low)
         n = math.prod(shape)
 
         wview = None
@@ -350,6 +377,29 @@ def check_discrete(pl, loss: str, name: str, v, values) -> None:
             f"{loss}: {name} must take values in {{{allowed}}}; "
             f"{name}[{', '.join(str(int(j)) for j in index)}] = {value.item()!r}"
         )
+
+
+def check_lower_bound(pl, loss: str, name: str, v, low: float) -> None:
+    """Raise ``ValueError`` naming the first element of ``v`` below ``low`` (NaN passes, as on the CPU).
+
+    The search runs on the device; reading its answer waits for the kernels queued before it.
+    """
+    n = int(v.size)
+    if n == 0:
+        return
+    tk = pl.kernels()
+    x = device.flat(v) if device.c_contiguous(v) else _gathered(pl, v, tuple(v.shape))
+    bad = pl.scratch(1, np.int64)
+    tk.fill[1, 1, pl.stream](bad, n)
+    blocks, threads = pl.grid(n)
+    tk.first_below[blocks, threads, pl.stream](U(n), x, float(low), bad)
+    i = int(pl.to_host(bad)[0])
+    if i < n:
+        value = pl.to_host(x[i:i + 1])[0]
+        index = np.unravel_index(i, tuple(v.shape)) if v.ndim > 1 else (i,)
+        what = "negative entries" if low == 0.0 else f"entries below {low:g}"
+        raise ValueError(f"{loss}: {name} has {what}; {name}[{', '.join(str(int(j)) for j in index)}] = "
+                         f"{value.item()!r}")
 
 
 def sum_weights(pl, w, bw, n, wsum) -> None:

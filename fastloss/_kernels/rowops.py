@@ -59,7 +59,7 @@ SEGMENT = 16384
 _opts = {"error_model": "numpy", "fastmath": set(FASTMATH)}
 _prim = njit(cache=False, **_opts)
 # no reassociation where piece results are added: their order is part of the numerical contract
-_exact = njit(cache=False, error_model="numpy")
+_exact = njit(cache=False, error_model="numpy", fastmath=False)
 _split = njit(cache=False, parallel=True, **_opts)
 
 

@@ -263,6 +263,12 @@ def _check_boxes(loss: str, arrays: dict) -> None:
             )
 
 
+def _boxes_valid(s, eps):
+    """The device form of :func:`_check_boxes` on a row's sums (the eight coordinates): neither box
+    degenerate (NaN coordinates pass, as on the host)."""
+    return not (s[2] < s[0] or s[3] < s[1] or s[6] < s[4] or s[7] < s[5])
+
+
 def _sample_boxes(lead, rng):
     """Valid random (pred, target) boxes for ``lead`` rows: corners in [-2, 2], sides in [0.2, 3]."""
 
@@ -307,7 +313,8 @@ giou = register(LossSpec(
     properties=Properties("object detection (box regression)", "low (bounded in [0, 2])",
                           "bounded, non-zero for disjoint boxes", "DETR-style detectors, anchor-free heads",
                           "low"),
-    options=row_options(row_length=4, check_inputs=_check_boxes, sample_inputs=_sample_boxes),
+    options=row_options(row_length=4, check_inputs=_check_boxes, row_check=_boxes_valid,
+                        sample_inputs=_sample_boxes),
     fd_safe=_giou_safe,
     example="""
     >>> import numpy as np, fastloss as fl

@@ -104,7 +104,8 @@ gaussian_nll = register(LossSpec(
                "variances raise, and the clamp at ``eps`` passes the gradient through as PyTorch does."),
     properties=Properties("regression with uncertainty", "medium (down-weighted by variance)",
                           "scaled by 1/variance", "heteroscedastic regression", "medium (log)"),
-    options={"adapt_inputs": _gaussian_var_shape},
+    # the adapter's check sees host arrays only; the CUDA kind checks lower_bounds on the device
+    options={"adapt_inputs": _gaussian_var_shape, "lower_bounds": {"var": 0.0}},
     # below eps the clamp makes the loss flat in var while PyTorch (and we) pass the gradient through
     fd_safe=lambda inputs, params, h: np.asarray(inputs[2]) > params["eps"] + 4 * h,
     example="""
