@@ -209,6 +209,10 @@ class Combined:
             merged = {**self.kwargs[name], **kw}
             if merged.get("reduction", "mean") == "none":
                 raise ValueError(f"combine: term {name!r} uses reduction='none'; a combined loss needs scalar terms")
+            aux = self.losses[name].spec.options.get("aux")
+            if aux and merged.get(aux):
+                raise ValueError(f"combine: term {name!r} sets {aux}=True, which makes its value a pair; "
+                                 "a combined loss needs scalar terms")
             calls[name] = (pos, merged)
         return calls
 

@@ -365,6 +365,9 @@ class ScoringJob:
         for name in self.params:
             if name not in known:
                 raise ScoreError(f"{spec.name} has no parameter {name!r} (parameters: {', '.join(known) or 'none'})")
+        aux = spec.options.get("aux")
+        if aux and self.params.get(aux):
+            raise ScoreError(f"{spec.name}: {aux}=True makes the value a pair; scoring writes one loss per sample")
         if len(inputs) > len(spec.inputs):
             raise ScoreError(f"{spec.name} takes {len(spec.inputs)} inputs ({', '.join(i.name for i in spec.inputs)})")
         inputs = list(inputs) + [None] * (len(spec.inputs) - len(inputs))

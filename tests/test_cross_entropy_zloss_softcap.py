@@ -191,3 +191,18 @@ def test_signature_and_docstring_show_the_options():
     assert sig.parameters["return_z_loss"].default is False
     doc = fl.cross_entropy.__doc__
     assert "softcap" in doc and "z_loss" in doc and "PaLM" in doc
+
+
+def test_combine_and_scoring_refuse_a_pair_valued_term():
+    from fastloss.scoring import ScoreError, score
+
+    x = np.zeros((4, 3))
+    y = np.array([0, 1, 2, 0])
+    both = fl.combine({"ce": (fl.cross_entropy, 1.0, {"return_z_loss": True, "z_loss": 1e-3})})
+    with pytest.raises(ValueError, match="return_z_loss=True"):
+        both.value_and_grad({"ce": (x, y)})
+    with pytest.raises(ScoreError, match="return_z_loss=True"):
+        score(fl.cross_entropy, x, y, params={"return_z_loss": True})
+    plain = fl.combine({"ce": (fl.cross_entropy, 1.0, {"z_loss": 1e-3, "softcap": 5.0})})
+    total, _, _ = plain.value_and_grad({"ce": (x, y)})
+    np.testing.assert_allclose(total, fl.cross_entropy(x, y, z_loss=1e-3, softcap=5.0), rtol=1e-15)
