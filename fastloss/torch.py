@@ -22,10 +22,11 @@ Where the tensors live decides the path:
 * **CUDA tensors** go, detached but otherwise as they are, to fastloss's CUDA backend, which
   reads them through ``__cuda_array_interface__`` (no host copy) and allocates its results with
   PyTorch's caching allocator on the tensors' stream: the loss comes back as a 0-d CUDA tensor,
-  the gradients as CUDA tensors, and ``backward`` scales them on the device (nothing waits for the
-  GPU or copies to the host). Kinds without a CUDA driver (rowreduce, similarity) raise the
-  backend's ``NotImplementedError``; a machine without ``numba-cuda`` or a GPU raises its
-  ``ImportError`` / ``RuntimeError``. Tensors on different devices raise ``TypeError``.
+  the gradients as CUDA tensors, and ``backward`` scales them on the device (the adapter neither
+  waits for the GPU nor copies to the host; the backend's own label checks may read a number
+  back). A kind without a CUDA driver raises the backend's ``NotImplementedError``; a machine
+  without ``numba-cuda`` or a GPU raises its ``ImportError`` / ``RuntimeError``. Tensors on
+  different devices raise ``TypeError``.
 
   Tested here without a GPU: the routing and the autograd plumbing with stand-in CUDA tensors
   (CPU tensors that report a CUDA device), the backend's kernels under the Numba CUDA simulator;

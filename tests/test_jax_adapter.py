@@ -109,6 +109,19 @@ def test_gaussian_nll_per_sample_variance_under_none():
     check_grads(f, (jnp.asarray(m), jnp.asarray(var)), order=1, modes=("rev",), eps=1e-6, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_cross_entropy_z_loss_and_softcap(reduction):
+    rng = np.random.default_rng(9)
+    y = jnp.asarray(rng.integers(0, 5, size=4))
+    w = jnp.asarray(rng.uniform(0.5, 2, size=5))
+
+    def f(x):
+        return flj.cross_entropy(x, y, weight=w, z_loss=0.05, softcap=3.0, reduction=reduction)
+
+    check_grads(f, (jnp.asarray(3 * rng.normal(size=(4, 5))),), order=1, modes=("rev",), eps=1e-6, atol=1e-6,
+                rtol=1e-6)
+
+
 def test_against_a_plain_jax_loss_under_jit():
     rng = np.random.default_rng(1)
     p, t = jnp.asarray(rng.normal(size=(16, 4))), jnp.asarray(rng.normal(size=(16, 4)))
