@@ -11,6 +11,13 @@ from __future__ import annotations
 #: summed serially in index order, which makes results independent of the thread count.
 CHUNK = 4096
 
+#: Elements per row block of the rowwise driver: rows are handed to threads ``ROW_BLOCK // classes``
+#: at a time (at least one), and each block's losses are summed in float64 into one partial. Blocks
+#: of 128 KB of float32 logits stay in L2 between a kernel's passes over them, and amortise the
+#: per-block work (a dozen per-row vectors) better than CHUNK-sized ones: 8192 x 1000 float32
+#: runs ~15% faster than with 4096. Like CHUNK, part of the numerical contract of the reductions.
+ROW_BLOCK = 32768
+
 #: Below this many elements a serial kernel is used: starting a parallel region costs
 #: microseconds, more than the whole computation on small inputs.
 PARALLEL_THRESHOLD = 65536

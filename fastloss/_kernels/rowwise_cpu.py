@@ -37,7 +37,7 @@ module are compiled with it.
 
 Why the driver looks the way it does:
 
-* Rows are processed in blocks of ``max(1, CHUNK // classes)`` rows: many short rows share one
+* Rows are processed in blocks of ``max(1, ROW_BLOCK // classes)`` rows: many short rows share one
   kernel call (so a 10-class problem runs its exponentials over full SIMD vectors), long rows get a
   block each. Block losses are summed in float64 into ``partials``, then added in block order:
   bit-identical for any number of threads.
@@ -56,7 +56,7 @@ import numpy as np
 from numba import prange
 
 from .._compile import njit
-from .._config import CHUNK, FASTMATH
+from .._config import FASTMATH, ROW_BLOCK
 from . import rowops
 from .tuples import chunk_stats
 
@@ -107,7 +107,7 @@ def rowwise_driver(x, y, t, w, g, loss_rows, params, scale, ignore_index, flags,
         Sum of the row losses (float64).
     """
     n, nc = x.shape
-    rpb = max(1, CHUNK // nc)
+    rpb = max(1, ROW_BLOCK // nc)
     nb = (n + rpb - 1) // rpb
     has_index = y.size > 0
     has_probs = t.shape[0] > 0
@@ -165,7 +165,7 @@ def rowwise_driver(x, y, t, w, g, loss_rows, params, scale, ignore_index, flags,
 
 def nblocks(n: int, nc: int) -> int:
     """Number of row blocks (and reduction partials) for ``n`` rows of ``nc`` classes."""
-    rpb = max(1, CHUNK // max(nc, 1))
+    rpb = max(1, ROW_BLOCK // max(nc, 1))
     return (n + rpb - 1) // rpb
 
 
