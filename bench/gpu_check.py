@@ -456,9 +456,10 @@ def main(argv: list[str] | None = None) -> int:
               '(pip install "fastloss[cuda]").')
         return 1
     if tiny:
-        from fastloss._cuda import config, simulator
+        from fastloss._cuda import config, matmul, simulator
 
         config.THREADS, config.MAX_BLOCKS, config.ROW_THREADS, config.TILE = 8, 2, 8, 4
+        matmul.TILE = 4
         simulator.configure()  # fast syncthreads, race-free shared arrays
     be = Backend()
     print(f"fastloss {fl.__version__} | {device_description(be.cuda)} | arrays: {be.name} | "

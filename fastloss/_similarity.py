@@ -16,8 +16,9 @@ compiling a driver of its own:
   loops (:mod:`fastloss._kernels.similarity_cpu`).
 
 A similarity loss declares ``temperature`` and ``symmetric`` parameters. Weights are per pair,
-``reduction="none"`` gives one loss per pair. A CUDA version needs a device matmul (cuBLAS
-through CuPy or PyTorch) and the CUDA rowwise kind; it is not provided yet.
+``reduction="none"`` gives one loss per pair. The CUDA version (:mod:`fastloss._cuda.similarity`)
+makes the same steps on the device: products through cuBLAS via the arrays' framework (PyTorch or
+CuPy; a tiled kernel of the package for Numba arrays), the cross entropy through the CUDA rowwise kind.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from rowcases import default_shape
 from rowcases import row_inputs as reduce_inputs
 
 import fastloss as fl
-from fastloss._cuda import config, simulator
+from fastloss._cuda import config, matmul, simulator
 
 pytestmark = pytest.mark.cudasim
 
@@ -38,11 +38,12 @@ pytestmark = pytest.mark.cudasim
 def small_launches():
     """Tiny blocks (grid-stride loops still take several turns) and a fast, race-free simulator
     (see fastloss._cuda.simulator)."""
-    saved = config.THREADS, config.MAX_BLOCKS, config.ROW_THREADS, config.TILE
+    saved = config.THREADS, config.MAX_BLOCKS, config.ROW_THREADS, config.TILE, matmul.TILE
     config.THREADS, config.MAX_BLOCKS, config.ROW_THREADS, config.TILE = 8, 4, 8, 4
+    matmul.TILE = 4  # the Numba matmul backend's tiles: 16 simulated threads per block
     interval = simulator.configure()
     yield
-    config.THREADS, config.MAX_BLOCKS, config.ROW_THREADS, config.TILE = saved
+    config.THREADS, config.MAX_BLOCKS, config.ROW_THREADS, config.TILE, matmul.TILE = saved
     sys.setswitchinterval(interval)
 
 
@@ -480,6 +481,15 @@ def test_rowreduce_value_and_grad_match_cpu(name):
     close(loss(*[dev(x) for x in inputs]), loss(*inputs))
     for got, want in zip(as_tuple(loss.grad(*[dev(x) for x in inputs])), as_tuple(loss.grad(*inputs))):
         close(got, want)
+    # every gradient written in place over its own input
+    d_inputs = [dev(x) for x in inputs]
+    diff = [d for d, i in zip(d_inputs, loss.spec.inputs) if i.differentiable]
+    want_v, want_g = loss.value_and_grad(*inputs, reduction="sum")
+    v, g = loss.value_and_grad(*d_inputs, reduction="sum", out=tuple(diff) if len(diff) > 1 else diff[0])
+    assert all(a is b for a, b in zip(as_tuple(g), diff))
+    close(v, want_v)
+    for got, want in zip(diff, as_tuple(want_g)):
+        close(got, want)
 
 
 @pytest.mark.parametrize("name", ROWREDUCE)
@@ -708,18 +718,20 @@ def test_info_nce_zero_rows_stats_empty_and_errors():
         fl.info_nce.grad(d1, d2, out=(d2, None))
 
 
-def test_fallback_matmul_matches_numpy():
+def test_device_matmul_without_cupy_or_torch_matches_numpy():
+    """Numba device arrays (and the simulator): the package's tiled kernel (fastloss._cuda.matmul)."""
     from fastloss._cuda import device, similarity
 
     rng = np.random.default_rng(33)
     pl = device.Placement("test", "a", dev(np.zeros(1)))
-    for m, nn, kk in ((5, 6, 7), (1, 9, 4), (8, 8, 8), (3, 2, 0)):
+    for m, nn, kk in ((5, 6, 7), (1, 9, 4), (3, 2, 0), (4, 0, 3)):
         for ta in (False, True):
             for tb in (False, True):
                 a = rng.normal(size=(kk, m) if ta else (m, kk))
                 b = rng.normal(size=(nn, kk) if tb else (kk, nn))
-                c = dev(np.full((m, nn), np.nan))
-                similarity.numba_matmul(pl, dev(a), dev(b), c, ta, tb, 0.5)
+                da, db, c = dev(a), dev(b), dev(np.full((m, nn), np.nan))
+                B = similarity.Buffer
+                similarity.device_matmul(pl, B(da, da), B(db, db), B(c, c), trans_a=ta, trans_b=tb, alpha=0.5)
                 close(c, 0.5 * ((a.T if ta else a) @ (b.T if tb else b)))
 
 
@@ -743,5 +755,3 @@ def test_device_matmul_is_pluggable(monkeypatch):
     close(v, want_v)
     close(g1, w1)
     close(g2, w2)
-    # without a plug, the simulator always takes the package's kernel (CuPy and PyTorch cannot see its arrays)
-    assert similarity._automatic("torch", True) is similarity.numba_matmul

@@ -7,6 +7,8 @@ CUDA implementation of the spec's kind, registered in :data:`fastloss._kinds.CUD
 
 * :mod:`fastloss._cuda.pointwise` (the pointwise kind),
 * :mod:`fastloss._cuda.rowwise` (the rowwise kind),
+* :mod:`fastloss._cuda.rowreduce` (the rowreduce kind: embedding and overlap losses),
+* :mod:`fastloss._cuda.similarity` (the similarity kind: InfoNCE, on top of the two above),
 
 which share :mod:`fastloss._cuda.device` (array conversion, allocation, streams, errors),
 :mod:`fastloss._cuda.kernels` (reductions, copies, label checks) and :mod:`fastloss._cuda.config`

@@ -26,7 +26,9 @@ ROW_SM_THREADS = 1024
 #: Check class labels (and other discrete inputs) on the device and raise ``ValueError`` on the
 #: host, as on the CPU. This reads one number back from the device, i.e. it waits for the kernels
 #: queued before it. With ``False`` nothing waits: row kernels still never index with an invalid
-#: label (its row gets a NaN loss and a NaN gradient), and pointwise discrete inputs are used as given.
+#: label (its row gets a NaN loss and a NaN gradient), values below a declared lower bound (pointwise
+#: ``lower_bounds``) and rows failing a ``row_check`` (rowreduce) get NaN, and other discrete inputs
+#: are used as given. The checks of values and rows follow the same switch.
 CHECK_LABELS = True
 
 #: Row reductions (the rowreduce kind): elements per piece when rows are split across blocks, and

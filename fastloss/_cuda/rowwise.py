@@ -412,11 +412,17 @@ class _Analysis:
         self.loss_name = loss_name
         self.seen: set[int] = set()
 
-    def visit_function(self, func, top: bool) -> bool:
-        """Whether ``func`` (or a local helper) stores into arrays that are not its own row vectors."""
-        if id(func) in self.seen:
+    def visit_function(self, func, top: bool, owned: frozenset = frozenset()) -> bool:
+        """Whether ``func`` (or a local helper) stores into arrays that are not its own row vectors.
+
+        ``owned`` names parameters of a helper that receive its caller's own vectors (the loss
+        vector of the contract, or per-row vectors the caller allocated): stores into them are
+        stores into per-thread memory too.
+        """
+        key = (id(func), owned)
+        if key in self.seen:
             return False
-        self.seen.add(id(func))
+        self.seen.add(key)
         try:
             tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
         except (OSError, TypeError, SyntaxError) as exc:
@@ -426,7 +432,9 @@ class _Analysis:
             ) from None
         fdef = next(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
         params = [a.arg for a in fdef.args.args]
-        allowed = {params[6]} if top and len(params) > 6 else set()  # the loss vector of the contract
+        allowed = set(owned)
+        if top and len(params) > 6:
+            allowed.add(params[6])  # the loss vector of the contract
         numpy_names = {k for k, v in func.__globals__.items() if v is np}
         rows = set()
         writes = False
@@ -452,9 +460,19 @@ class _Analysis:
                         base = _base_name(sub)
                         if base not in allowed:
                             writes = True
+        called = set()
+        for node in ast.walk(fdef):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                helper = func.__globals__.get(node.func.id)
+                if _is_local_helper(helper, func):
+                    hparams = list(inspect.signature(helper).parameters)
+                    passed = frozenset(hparams[i] for i, a in enumerate(node.args[:len(hparams)])
+                                       if isinstance(a, ast.Name) and a.id in allowed)
+                    called.add(id(helper))
+                    writes |= self.visit_function(helper, top=False, owned=passed)
         for name in sorted(n.id for n in ast.walk(fdef) if isinstance(n, ast.Name)):
             helper = func.__globals__.get(name)
-            if _is_local_helper(helper, func):
+            if _is_local_helper(helper, func) and id(helper) not in called:  # passed around, not called here
                 writes |= self.visit_function(helper, top=False)
         return writes
 

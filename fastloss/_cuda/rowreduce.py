@@ -1,0 +1,695 @@
+"""The rowreduce kind on CUDA arrays: the declaration's three stages, compiled for the device.
+
+A rowreduce loss is a :class:`~fastloss._rowreduce.RowReduce` of three scalar ``math``-only stages
+(the contract is in :mod:`fastloss._kernels.rowreduce_cpu`)::
+
+    map(j, *elements, *params)         -> (s_0, ..., s_K-1)     summed over the row
+    finish(sums, *row_values, *params) -> (loss, c_1, ..., c_M)  once per row
+    grad(j, *elements, coefs, *params) -> (g_0, ..., g_G-1)      per element
+
+The CUDA driver compiles the same three functions with ``cuda.jit(device=True)`` and calls them
+from kernels generated for the loss's arity (row-aligned inputs, per-row inputs, sums, gradients,
+parameters); one driver for the kind, nothing here names a loss. Elements are read in their storage
+dtype, rounded to the compute dtype (float32 for float16/float32 inputs, as the CPU casts them) and
+handed to the stages as float64, as on the CPU; sums accumulate in float64.
+
+``fused`` (the usual path)
+    A group of ``tpr`` threads shares one row (``tpr`` a power of two: one thread for boxes of 4,
+    a warp for 128-wide embeddings, the whole block for long rows; see :func:`threads_per_row`),
+    a block holds ``THREADS / tpr`` rows, and rows are handed out grid-stride. Each thread sums
+    ``map`` over its strided elements, the group folds its ``K`` sums in a fixed shared-memory tree,
+    every thread of the group runs ``finish`` on the same sums (the same bits), then writes the
+    gradients of its elements, scaled for the reduction and the row's weight. The group's first
+    thread adds the row's loss to its own running total; the block folds those into one partial.
+``split`` (few long rows)
+    When one block per row would leave the GPU mostly idle (fewer than ``config.ROW_SPLIT_BLOCKS``
+    blocks) and rows span several ``config.ROW_PIECE``-element pieces, one block sums each
+    (row, piece), one thread per row adds its pieces in piece order and finishes the row, and one
+    block per (row, piece) writes the gradients (finishing the row again from its stored sums).
+
+Every order of addition is fixed by the shape and ``config`` (``THREADS``, ``MAX_BLOCKS``,
+``ROW_PIECE``, ``ROW_SPLIT_BLOCKS``): deterministic, no float atomics; the block partials go to the
+shared ordered :func:`~fastloss._cuda.kernels.finalize`. The gradient store is the last read of
+its element by the same thread, so ``out=`` may be the input itself.
+
+Checks. Discrete inputs (pair targets) are checked on the device like pointwise ones. A declaration's
+``check_inputs`` is a host function; its device form is the option ``row_check(sums, *row_values,
+*params) -> bool`` (``True``: the row is valid). With ``config.CHECK_LABELS`` a check pass runs first
+(sums and ``row_check`` only, nothing written) and its first failing row is read back: then the
+inputs are copied to the host and ``check_inputs`` raises the CPU's own ``ValueError``. Without it
+nothing waits, and a failing row gets a NaN loss and NaN gradients. A declaration with
+``check_inputs`` but no ``row_check`` runs ``check_inputs`` on a host copy of the inputs (when
+``CHECK_LABELS`` is on); one with only a ``row_check`` raises an error naming the failing row.
+
+:func:`launch` runs a :class:`RowReduce` on prepared device arrays; the similarity kind uses it
+for the normalisation of its embeddings and that normalisation's gradient.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from numba import cuda, float32, float64, int64, uint64
+
+from .. import _kinds, _stats
+from .._rowreduce import ROWREDUCE, RowReduce
+from .._spec import LossSpec, Param
+from .._validate import check_weight_shape, compute_dtype
+from . import config, device, kernels
+from .device import U
+from .kernels import SCALE_BY_WSUM
+from .pointwise import _gathered, check_discrete, finish_grad, grad_stats, operand, sum_weights
+
+#: ``flags`` bits of the kernels (SCALE_BY_WSUM = 1 comes from the shared kernels).
+NEED_GRAD = 2
+PER_ROW = 4
+CHECK_ROWS = 8
+
+#: Elements per thread the fused kernel aims at when it picks the threads per row.
+ROW_ITEMS = 4
+
+_F64 = np.dtype(np.float64)
+_SCALARS = (float, int, bool, np.generic)
+
+
+# -- generated kernels ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arity:
+    """What a generated kernel's signature depends on."""
+
+    aligned: int  # row-aligned inputs
+    rows: int  # per-row inputs
+    sums: int  # K, the length of map's tuple
+    grads: int  # G, the length of grad's tuple
+    params: int
+    check: bool  # a row_check stage
+
+
+def _ind(lines, n: int) -> str:
+    return "\n".join(" " * n + line for line in lines)
+
+
+class _Source:
+    """Pieces of the generated kernels' source for one :class:`Arity`."""
+
+    def __init__(self, a: Arity) -> None:
+        self.a = a
+        self.xs = "".join(f"x{k}, " for k in range(a.aligned))
+        self.ys = "".join(f"y{k}, b{k}, " for k in range(a.rows))
+        self.gs = "".join(f"g{k}, " for k in range(a.grads))
+        self.ps = "".join(f"p{k}, " for k in range(a.params))
+        self.pargs = "".join(f", p{k}" for k in range(a.params))
+        self.yargs = "".join(f", yv{k}" for k in range(a.rows))
+        self.elems = ", ".join(f"float64(REAL(x{k}[r, j]))" for k in range(a.aligned))
+        self.j = "int64(j)"  # the stages see a signed element index, whatever the loop uses
+
+    def zero(self):
+        return [f"a{k} = 0.0" for k in range(self.a.sums)]
+
+    def accumulate(self):
+        call = f"m = _map({self.j}, {self.elems}{self.pargs})"
+        return [call, *(f"a{k} += float64(m[{k}])" for k in range(self.a.sums))]
+
+    def to_shared(self):
+        return [f"buf[{k}, t] = a{k}" for k in range(self.a.sums)]
+
+    def tree(self):
+        return [f"buf[{k}, t] += buf[{k}, t + half]" for k in range(self.a.sums)]
+
+    def row_values(self):
+        return [f"yv{k} = float64(y{k}[r * b{k}])" for k in range(self.a.rows)]
+
+    def check(self, sums: str, record: str | None):
+        """``ok``: whether the row passes ``row_check``; ``record``: the condition under which a
+        failing row is recorded in ``bad`` (None: not recorded)."""
+        if not self.a.check:
+            return ["ok = True"]
+        lines = ["ok = True", "if check_rows:", f"    ok = _check({sums}{self.yargs}{self.pargs})"]
+        if record is not None:
+            lines += [f"    if not ok{record}:", "        cuda.atomic.min(bad, 0, int64(r))"]
+        return lines
+
+    def grads(self, stride: str):
+        store = [f"g{k}[r, j] = gv[{k}] * sw" for k in range(self.a.grads)]
+        nan = [f"g{k}[r, j] = math.nan" for k in range(self.a.grads)]
+        return (["while j < hi:", "    if ok:", f"        gv = _grad({self.j}, {self.elems}, res{self.pargs})"]
+                + ["        " + s for s in store] + ["    else:"] + ["        " + s for s in nan]
+                + [f"    j += {stride}"])
+
+
+_SCALE = '''
+    s = scale
+    if flags & SCALE_BY_WSUM:  # weighted mean: the weight sum was reduced on the device
+        ws = wsum[0]
+        s = 1.0 / ws if ws != 0.0 else math.inf'''
+
+
+def fused_source(a: Arity) -> str:
+    src = _Source(a)
+    finish = f"res = _finish(sums{src.yargs}{src.pargs})"
+    row = ([*src.row_values(), finish, *src.check("sums", " and lane == uint64(0)")]
+           + ["wr = float64(w[r * bw]) if weighted else 1.0",
+              "lr = float64(res[0]) * wr if ok else math.nan",
+              "if lane == uint64(0):", "    acc += lr", "    if per_row:", "        loss_rows[r] = lr",
+              "if need_grad:", "    sw = s * wr", "    j = lane", "    hi = d"]
+           + ["    " + line for line in src.grads("tpr")])
+    return f'''
+def fused(n, d, shift, {src.xs}{src.ys}w, bw, {src.gs}loss_rows, {src.ps}scale, wsum, flags, partials, bad):
+    """Rows r < n of length d, tpr = 2**shift threads per row; see the module docstring.
+
+    Indices are unsigned 64-bit (no wrap-around code; n, d, shift and the b's come as uint64)."""
+    buf = cuda.shared.array(({a.sums}, THREADS), float64)
+    t = uint64(cuda.threadIdx.x)
+    tpr = uint64(1) << shift
+    lane = t & (tpr - uint64(1))
+    group = t >> shift
+    lead = t - lane{_SCALE}
+    weighted = w.size > 0
+    need_grad = (flags & NEED_GRAD) != 0
+    per_row = (flags & PER_ROW) != 0
+    check_rows = (flags & CHECK_ROWS) != 0
+    acc = 0.0
+    rpb = uint64(THREADS) >> shift
+    base = uint64(cuda.blockIdx.x) * rpb
+    step = uint64(cuda.gridDim.x) * rpb
+    while base < n:  # the same trip count in every thread of the block (syncthreads inside)
+        r = base + group
+        active = r < n
+{_ind(src.zero(), 8)}
+        if active:
+            j = lane
+            while j < d:
+{_ind(src.accumulate(), 16)}
+                j += tpr
+{_ind(src.to_shared(), 8)}
+        cuda.syncthreads()
+        half = tpr >> uint64(1)
+        while half > uint64(0):
+            if lane < half:
+{_ind(src.tree(), 16)}
+            cuda.syncthreads()
+            half >>= uint64(1)
+        sums = ({", ".join(f"buf[{k}, lead]" for k in range(a.sums))},)
+        cuda.syncthreads()
+        if active:
+{_ind(row, 12)}
+        base += step
+    total = block_sum(acc)
+    if t == uint64(0):
+        partials[cuda.blockIdx.x] = total
+'''
+
+
+def piece_sums_source(a: Arity) -> str:
+    src = _Source(a)
+    store = [f"part[q, {k}] = buf[{k}, 0]" for k in range(a.sums)]
+    return f'''
+def piece_sums(n, d, npieces, piece, {src.xs}{src.ps}part):
+    """part[q] = the K sums of task q = (row, piece), one block per task (uint64 indices)."""
+    buf = cuda.shared.array(({a.sums}, THREADS), float64)
+    t = uint64(cuda.threadIdx.x)
+    ntask = n * npieces
+    q = uint64(cuda.blockIdx.x)
+    while q < ntask:
+        r = q // npieces
+        lo = (q - r * npieces) * piece
+        hi = min(lo + piece, d)
+{_ind(src.zero(), 8)}
+        j = lo + t
+        while j < hi:
+{_ind(src.accumulate(), 12)}
+            j += uint64(THREADS)
+{_ind(src.to_shared(), 8)}
+        cuda.syncthreads()
+        half = uint64(THREADS) >> uint64(1)
+        while half > uint64(0):
+            if t < half:
+{_ind(src.tree(), 16)}
+            cuda.syncthreads()
+            half >>= uint64(1)
+        if t == uint64(0):
+{_ind(store, 12)}
+        cuda.syncthreads()
+        q += uint64(cuda.gridDim.x)
+'''
+
+
+def piece_rows_source(a: Arity) -> str:
+    src = _Source(a)
+    add = [f"a{k} += part[r * npieces + p, {k}]" for k in range(a.sums)]
+    keep = [f"sums[r, {k}] = a{k}" for k in range(a.sums)]
+    tot = ", ".join(f"a{k}" for k in range(a.sums))
+    row = [*keep, f"tot = ({tot},)", *src.row_values(), f"res = _finish(tot{src.yargs}{src.pargs})",
+           *src.check("tot", ""),
+           "wr = float64(w[r * bw]) if weighted else 1.0", "lr = float64(res[0]) * wr if ok else math.nan",
+           "acc += lr", "if per_row:", "    loss_rows[r] = lr"]
+    return f'''
+def piece_rows(n, npieces, part, {src.ys}w, bw, sums, loss_rows, {src.ps}flags, partials, bad):
+    """One thread per row: its pieces' sums added in piece order, the row finished."""
+    t = uint64(cuda.threadIdx.x)
+    weighted = w.size > 0
+    per_row = (flags & PER_ROW) != 0
+    check_rows = (flags & CHECK_ROWS) != 0
+    acc = 0.0
+    r = uint64(cuda.blockIdx.x) * uint64(THREADS) + t
+    step = uint64(cuda.gridDim.x) * uint64(THREADS)
+    while r < n:
+{_ind(src.zero(), 8)}
+        for p in range(npieces):
+{_ind(add, 12)}
+{_ind(row, 8)}
+        r += step
+    total = block_sum(acc)
+    if t == uint64(0):
+        partials[cuda.blockIdx.x] = total
+'''
+
+
+def piece_grads_source(a: Arity) -> str:
+    src = _Source(a)
+    tot = ", ".join(f"sums[r, {k}]" for k in range(a.sums))
+    row = [f"tot = ({tot},)", *src.row_values(), f"res = _finish(tot{src.yargs}{src.pargs})",
+           *src.check("tot", None), "wr = float64(w[r * bw]) if weighted else 1.0", "sw = s * wr", "j = lo + t",
+           *src.grads("uint64(THREADS)")]
+    return f'''
+def piece_grads(n, d, npieces, piece, {src.xs}{src.ys}w, bw, {src.gs}sums, {src.ps}scale, wsum, flags, bad):
+    """One block per task (row, piece): the row finished again from its sums, its gradients written."""
+    t = uint64(cuda.threadIdx.x){_SCALE}
+    weighted = w.size > 0
+    check_rows = (flags & CHECK_ROWS) != 0
+    ntask = n * npieces
+    q = uint64(cuda.blockIdx.x)
+    while q < ntask:
+        r = q // npieces
+        lo = (q - r * npieces) * piece
+        hi = min(lo + piece, d)
+{_ind(row, 8)}
+        q += uint64(cuda.gridDim.x)
+'''
+
+
+SOURCES = {"fused": fused_source, "piece_sums": piece_sums_source, "piece_rows": piece_rows_source,
+           "piece_grads": piece_grads_source}
+
+
+def launch_bounds(threads: int) -> tuple[int, int]:
+    """As the rowwise kernels: a register budget for ``config.ROW_SM_THREADS`` resident threads per SM
+    (``finish`` inlines all of a loss's per-row math into the kernel)."""
+    return threads, max(1, config.ROW_SM_THREADS // threads)
+
+
+class _Compiler:
+    """Device functions of the stages and the generated kernels, memoised (or fresh, for PTX)."""
+
+    def __init__(self, fresh: bool = False) -> None:
+        self.fresh = fresh
+        self._device: dict[int, tuple] = {}
+        self._kernels: dict[tuple, object] = {}
+        self._lock = threading.RLock()
+
+    def device_function(self, func):
+        func = getattr(func, "py_func", func)
+        hit = self._device.get(id(func))
+        if hit is None:
+            hit = self._device[id(func)] = (func, cuda.jit(device=True)(func))  # keeps func alive: ids stay unique
+        return hit[1]
+
+    def python_kernel(self, which: str, kernel: RowReduce, check, a: Arity, real: str, threads: int):
+        """The generated kernel ``which`` as a Python function over a toolkit's globals (to jit or for PTX)."""
+        tk = kernels.Toolkit(threads) if self.fresh else kernels.toolkit(threads)
+        extra = {
+            "_map": self.device_function(kernel.map),
+            "_finish": self.device_function(kernel.finish),
+            "_grad": self.device_function(kernel.grad),
+            "REAL": float32 if real == "float32" else float64,
+            "NEED_GRAD": NEED_GRAD, "PER_ROW": PER_ROW, "CHECK_ROWS": CHECK_ROWS, "SCALE_BY_WSUM": SCALE_BY_WSUM,
+            "float64": float64, "int64": int64, "uint64": uint64, "math": math,
+        }
+        if check is not None:
+            extra["_check"] = self.device_function(check)
+        return tk.define(SOURCES[which](a), which, f"<fastloss cuda rowreduce {which} {a} {real}>", extra=extra)
+
+    def kernel(self, which: str, kernel: RowReduce, check, a: Arity, real: str, threads: int):
+        key = (which, kernel.stages, check, a, real, threads)
+        kern = self._kernels.get(key)
+        if kern is None:
+            with self._lock:
+                kern = self._kernels.get(key)
+                if kern is None:
+                    fn = self.python_kernel(which, kernel, check, a, real, threads)
+                    opts = {} if device.simulated() else {"launch_bounds": launch_bounds(threads)}
+                    kern = self._kernels[key] = cuda.jit(fn, **opts)
+        return kern
+
+
+_COMPILER = _Compiler()
+
+
+_SUM_COUNTS: dict[tuple, tuple] = {}
+
+
+def count_sums(kernel: RowReduce, n_aligned: int, n_params: int) -> int:
+    """``K``, the number of sums ``kernel.map`` returns (from a call on the host, else from its type)."""
+    fn = getattr(kernel.map, "py_func", kernel.map)
+    key = (id(fn), n_aligned, n_params)
+    hit = _SUM_COUNTS.get(key)
+    if hit is not None:
+        return hit[1]
+    try:
+        with np.errstate(all="ignore"):
+            k = len(fn(0, *([0.5] * n_aligned), *([0.5] * n_params)))
+    except Exception:  # a map that only runs compiled: ask Numba for its return type
+        from numba import njit
+        from numba.core import types
+
+        disp = njit(fn)
+        disp.compile((types.int64,) + (types.float64,) * (n_aligned + n_params))
+        k = len(disp.nopython_signatures[0].return_type)
+    _SUM_COUNTS[key] = (fn, k)  # keeps fn alive: its id stays unique
+    return k
+
+
+def threads_per_row(d: int, threads: int) -> int:
+    """Threads sharing a row in the fused kernel: a power of two near ``d / ROW_ITEMS``, at most ``threads``."""
+    want = max(1, -(-d // ROW_ITEMS))
+    p = 1
+    while p < want and p < threads:
+        p *= 2
+    return p
+
+
+# -- running a RowReduce on device arrays --------------------------------------------------------
+
+
+def launch(pl, kernel: RowReduce, xs, ys, w, bw: int, gs, loss_rows, kparams, scale: float, wsum, flags: int,
+           *, check=None, bad=None):
+    """Run ``kernel`` over rows: returns the device array of per-block partial sums of the row losses.
+
+    Parameters
+    ----------
+    pl : device.Placement
+    kernel : RowReduce
+    xs : list of (n, d) C-contiguous device arrays
+        The row-aligned inputs.
+    ys : list of (flat device array, stride multiplier)
+        The per-row inputs (``b = 0`` repeats one value), read as float64.
+    w, bw : flat device array (empty for none) and its stride multiplier
+        Row weights.
+    gs : list of (n, d) C-contiguous device arrays, or of (0, d) arrays without ``NEED_GRAD``
+        One per value ``kernel.grad`` returns; each may be the row-aligned input it belongs to.
+    loss_rows : flat (n,) device array, or empty without ``PER_ROW``
+    kparams : tuple of float
+    scale, wsum : float and a one-element float64 device array
+        The gradient's factor (or ``1 / wsum[0]`` with ``SCALE_BY_WSUM``).
+    flags : int
+        ``NEED_GRAD | PER_ROW | CHECK_ROWS | SCALE_BY_WSUM``.
+    check : callable, optional
+        ``row_check(sums, *row_values, *params) -> bool``, with ``bad`` a one-element int64 array
+        that receives the first failing row (an integer atomic; the row gets NaN loss and gradients).
+    """
+    n, d = (int(s) for s in xs[0].shape)
+    tk = pl.kernels()
+    threads = tk.threads
+    real = compute_dtype(xs[0]).name
+    a = Arity(len(xs), len(ys), count_sums(kernel, len(xs), len(kparams)), len(gs), len(kparams), check is not None)
+    if bad is None:
+        bad = pl.scratch(0, np.int64)
+    yargs = []
+    for y, b in ys:
+        yargs += [y, U(b)]
+    tpr = threads_per_row(d, threads)
+    rpb = threads // tpr
+    piece = max(1, int(config.ROW_PIECE))
+    npieces = -(-d // piece)
+    fused_blocks = -(-n // rpb)
+    if npieces > 1 and fused_blocks < config.ROW_SPLIT_BLOCKS:
+        return _split(pl, kernel, check, a, real, threads, n, d, npieces, piece, xs, yargs, w, U(bw), gs,
+                      loss_rows, kparams, scale, wsum, flags, bad)
+    blocks = max(1, min(fused_blocks, config.MAX_BLOCKS))
+    partials = pl.scratch(blocks, _F64)
+    if n:
+        kern = _COMPILER.kernel("fused", kernel, check, a, real, threads)
+        kern[blocks, threads, pl.stream](U(n), U(d), U(tpr.bit_length() - 1), *xs, *yargs, w, U(bw), *gs, loss_rows,
+                                         *kparams, scale, wsum, flags, partials, bad)
+    return partials
+
+
+def _split(pl, kernel, check, a, real, threads, n, d, npieces, piece, xs, yargs, w, bw, gs, loss_rows, kparams,
+           scale, wsum, flags, bad):
+    ntask = n * npieces
+    tblocks = max(1, min(ntask, config.MAX_BLOCKS))
+    part = pl.empty((ntask, a.sums), _F64)[1]
+    sums = pl.empty((n, a.sums), _F64)[1]
+    rblocks = max(1, min(-(-n // threads), config.MAX_BLOCKS))
+    partials = pl.scratch(rblocks, _F64)
+    s = pl.stream
+    un, ud, unp, upc = U(n), U(d), U(npieces), U(piece)
+    _COMPILER.kernel("piece_sums", kernel, check, a, real, threads)[tblocks, threads, s](
+        un, ud, unp, upc, *xs, *kparams, part)
+    _COMPILER.kernel("piece_rows", kernel, check, a, real, threads)[rblocks, threads, s](
+        un, unp, part, *yargs, w, bw, sums, loss_rows, *kparams, flags, partials, bad)
+    if flags & NEED_GRAD:
+        _COMPILER.kernel("piece_grads", kernel, check, a, real, threads)[tblocks, threads, s](
+            un, ud, unp, upc, *xs, *yargs, w, bw, *gs, sums, *kparams, scale, wsum, flags, bad)
+    return partials
+
+
+# -- the kind --------------------------------------------------------------------------------------
+
+
+class CudaRowReduce:
+    """The rowreduce kind for CUDA arrays (same contract as :class:`fastloss._rowreduce.RowReduceKind`)."""
+
+    name = "rowreduce"
+
+    def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
+        return ()
+
+    def ptx(self, loss, dtype: np.dtype, cc: tuple[int, int], threads: int, labels=None) -> dict[str, str]:
+        """PTX of the kernels of ``loss`` (and of its default parameters' variant) for inputs of ``dtype``."""
+        from numba.cuda import types as nbt
+        from numba.cuda.np.numpy_support import from_dtype
+
+        spec = loss.spec
+        L = ROWREDUCE._layout(spec)
+        real = compute_dtype(np.empty(0, dtype)).name
+        defaults = {p.name: p.default for p in spec.params}
+        kparams = spec.kernel_params(defaults)
+        check = spec.options.get("row_check")
+        found = {"": spec.kernel}
+        if L.variant is not None and L.variant(defaults) is not None:
+            found["_variant"] = L.variant(defaults)
+        comp = _Compiler(fresh=True)
+
+        def arr(dt, nd=1):
+            return nbt.Array(from_dtype(np.dtype(dt)), nd, "C")
+
+        i64, u64, f64 = nbt.int64, nbt.uint64, nbt.float64
+        xs = [arr(dtype, 2)] * len(L.aligned)
+        ys = [arr(dtype), u64] * len(L.per_row)
+        gs = [arr(dtype, 2)] * len(L.diff)
+        ps = [f64] * len(kparams)
+        w = [arr(np.float32), u64]
+        out: dict[str, str] = {}
+        for suffix, kernel in found.items():
+            a = Arity(len(L.aligned), len(L.per_row), count_sums(kernel, len(L.aligned), len(kparams)),
+                      len(L.diff), len(kparams), check is not None)
+            sigs = {
+                "fused": (u64, u64, u64, *xs, *ys, *w, *gs, arr(dtype), *ps, f64, arr(np.float64), i64,
+                          arr(np.float64), arr(np.int64)),
+                "piece_sums": (u64, u64, u64, u64, *xs, *ps, arr(np.float64, 2)),
+                "piece_rows": (u64, u64, arr(np.float64, 2), *ys, *w, arr(np.float64, 2), arr(dtype), *ps, i64,
+                               arr(np.float64), arr(np.int64)),
+                "piece_grads": (u64, u64, u64, u64, *xs, *ys, *w, *gs, arr(np.float64, 2), *ps, f64,
+                                arr(np.float64), i64, arr(np.int64)),
+            }
+            if L.row_length is not None and L.row_length <= config.ROW_PIECE:
+                sigs = {"fused": sigs["fused"]}  # rows this short never split: the other kernels never run
+            for which, sig in sigs.items():
+                fn = comp.python_kernel(which, kernel, check, a, real, threads)
+                code = cuda.compile_ptx(fn, sig, cc=cc, launch_bounds=launch_bounds(threads))[0]
+                out[f"rowreduce_{which}{suffix}"] = code
+        return out
+
+    # -- a call ----------------------------------------------------------------------------------
+
+    def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False):
+        L = ROWREDUCE._layout(spec)
+        pl = device.Placement(spec.name, L.names[0], inputs[0])
+        with pl.active():
+            return self._run(pl, spec, L, inputs, params, weight, reduction, need_value, need_grad, out, stats)
+
+    def _run(self, pl, spec, L, inputs, params, weight, reduction, need_value, need_grad, out, stats):
+        name = spec.name
+        tk = pl.kernels()
+        views = [pl.first]
+        for nm, x in zip(L.names[1:], inputs[1:]):
+            v = pl.view(nm, x)
+            if isinstance(x, _SCALARS):  # a number: 0-d, as np.asarray gives the CPU kind
+                v = device.with_shape(v, ())
+            views.append(v)
+        first = L.aligned[0]
+        shape = tuple(views[first].shape)
+        for k in L.aligned[1:]:
+            if tuple(views[k].shape) != shape:
+                raise ValueError(
+                    f"{name}: {L.names[k]} has shape {tuple(views[k].shape)} but {L.names[first]} has shape {shape}; "
+                    "row-aligned inputs must have the same shape (the same rows, of the same length)"
+                )
+        lead, d = ROWREDUCE._row_shape(name, L, shape, L.names[first])
+        n = math.prod(lead)
+        for k in L.per_row:
+            ROWREDUCE._check_row_input(name, L.names[k], views[k], lead)
+        if config.CHECK_LABELS:
+            for k, values in L.discrete:
+                check_discrete(pl, name, L.names[k], views[k], values)
+        x0 = views[first]
+        out_dtype = x0.dtype if x0.dtype.kind == "f" else _F64
+
+        # rows: (n, d) C-contiguous views, copying only inputs that are not
+        xs = [self._rows(pl, views[k], shape, n, d) for k in L.aligned]
+        ys = [operand(pl, views[k], lead) for k in L.per_row]
+        wview = None
+        flags = 0
+        scale = 1.0
+        wsum = pl.scratch(1, _F64)
+        if weight is not None:
+            wview = pl.view("weight", weight)
+            if isinstance(weight, _SCALARS):
+                wview = device.with_shape(wview, ())
+            check_weight_shape(name, wview, lead)
+            w, bw = operand(pl, wview, lead)
+        else:
+            w, bw = pl.scratch(0, _F64), 0
+        if reduction == "mean":
+            if wview is None:
+                scale = 1.0 / n if n else math.inf
+            else:
+                sum_weights(pl, w, bw, n, wsum)
+                flags |= SCALE_BY_WSUM
+
+        outs = self._check_outs(spec, L, pl, out, views, wview) if need_grad else [None] * len(L.diff)
+        kernel = L.variant(params) if L.variant is not None else None
+        kernel = spec.kernel if kernel is None else kernel
+        kparams = tuple(float(p) for p in spec.kernel_params(params))
+        check = spec.options.get("row_check")
+        bad = pl.scratch(1, np.int64) if check is not None else None
+        if config.CHECK_LABELS and n and (L.check_inputs is not None or check is not None):
+            self._check_rows(pl, spec, L, views, kernel, check, xs, ys, kparams, bad, lead)
+
+        # gradient buffers: out= itself when the kernel can write it, else ours
+        gbufs = []  # (native or None, (n, d) view, written straight into out=)
+        for j, k in enumerate(L.diff):
+            x = views[k]
+            gdtype = x.dtype if x.dtype.kind == "f" else _F64
+            o = outs[j]
+            if o is not None and device.c_contiguous(o[1]):
+                gbufs.append((None, device.reshaped(o[1], (n, d)), True))
+            elif need_grad:
+                native, view = pl.empty(shape, gdtype)
+                gbufs.append((native, device.reshaped(view, (n, d)), False))
+            else:
+                gbufs.append((None, device.reshaped(pl.scratch(0, gdtype), (0, d)), False))
+        per_row = need_value and reduction == "none"
+        loss_native = None
+        if per_row:
+            loss_native, lview = pl.empty(lead, out_dtype)
+            loss_rows = device.flat(lview) if len(lead) else device.reshaped(lview, (1,))
+        else:
+            loss_rows = pl.scratch(0, out_dtype)
+        flags |= (NEED_GRAD if need_grad else 0) | (PER_ROW if per_row else 0) | (CHECK_ROWS if check else 0)
+        partials = None
+        if n:
+            partials = launch(pl, kernel, xs, ys, w, bw, [g for _, g, _ in gbufs], loss_rows, kparams, scale, wsum,
+                              flags, check=check, bad=bad if check is not None else None)
+
+        value = None
+        if need_value:
+            if reduction == "none":
+                value = loss_native
+            else:
+                native, vview = pl.empty((1,), out_dtype)
+                if n:
+                    fin_flags = flags & SCALE_BY_WSUM if reduction == "mean" else 0
+                    fin_scale = scale if reduction == "mean" else 1.0
+                    tk.finalize[1, tk.threads, pl.stream](partials, vview, fin_scale, wsum, fin_flags)
+                else:
+                    tk.fill[1, 1, pl.stream](vview, math.nan if reduction == "mean" else 0.0)
+                value = pl.scalar(native, vview)
+
+        grads = ()
+        rows = []
+        if need_grad:
+            grads = []
+            for j, k in enumerate(L.diff):
+                native, g, direct = gbufs[j]
+                flat = device.reshaped(g, (n * d,))
+                if stats:
+                    rows.append(grad_stats(pl, flat, n * d))
+                if direct:
+                    grads.append(outs[j][0])
+                else:
+                    grads.append(finish_grad(pl, native, flat, shape, views[k], views[k], outs[j]))
+            grads = tuple(grads)
+        if stats:
+            host_rows = [pl.to_host(r) for r in rows] or [_stats.empty_partials(0)]
+            return value, grads, _stats.combine(*host_rows)
+        return value, grads
+
+    @staticmethod
+    def _rows(pl, v, shape, n: int, d: int):
+        """``v`` as an (n, d) C-contiguous device array (a view when it is one already)."""
+        if not device.c_contiguous(v):
+            v = _gathered(pl, v, shape)
+        return device.reshaped(v, (n, d))
+
+    @staticmethod
+    def _check_rows(pl, spec, L, views, kernel, check, xs, ys, kparams, bad, lead) -> None:
+        """The declaration's input check, before anything is written (see the module docstring)."""
+        n = math.prod(lead)
+        r = n
+        if check is not None:
+            tk = pl.kernels()
+            tk.fill[1, 1, pl.stream](bad, n)
+            d = int(xs[0].shape[1])
+            gs = [device.reshaped(pl.scratch(0, np.float64), (0, d)) for _ in L.diff]
+            launch(pl, kernel, xs, ys, pl.scratch(0, _F64), 0, gs, pl.scratch(0, _F64), kparams, 1.0,
+                   pl.scratch(1, _F64), CHECK_ROWS, check=check, bad=bad)
+            r = int(pl.to_host(bad)[0])
+            if r >= n:
+                return
+        if L.check_inputs is not None:  # the CPU's own error (a row failed, or there is no device check)
+            L.check_inputs(spec.name, {nm: pl.to_host(v) for nm, v in zip(L.names, views)})
+        if check is not None:
+            where = ", ".join(str(int(i)) for i in np.unravel_index(r, lead)) if lead else ""
+            raise ValueError(f"{spec.name}: row [{where}] of the inputs is invalid (the declaration's row_check)")
+
+    @staticmethod
+    def _check_outs(spec, L, pl, out, views, wview):
+        if out is None:
+            return [None] * len(L.diff)
+        names = [L.names[k] for k in L.diff]
+        outs = list(out) if isinstance(out, tuple) else [out]
+        if len(outs) != len(L.diff):
+            raise ValueError(f"{spec.name}: out must hold {len(L.diff)} gradient buffer(s) ({', '.join(names)})")
+        checked = []
+        for j, (k, o) in enumerate(zip(L.diff, outs)):
+            if o is None:
+                checked.append(None)
+                continue
+            label = f"out[{j}]" if len(L.diff) > 1 else "out"
+            others = [(L.names[i], v) for i, v in enumerate(views) if i != k]
+            others += [("weight", wview)]
+            others += [(f"out[{jj}]", c[1]) for jj, c in enumerate(checked) if c is not None]
+            x = views[k]
+            gdtype = x.dtype if x.dtype.kind == "f" else _F64
+            checked.append(device.check_out(spec.name, label, pl, o, x.shape, gdtype, x, others))
+        return checked
+
+
+ROWREDUCE_CUDA = _kinds.register_cuda_kind(CudaRowReduce())
