@@ -19,6 +19,10 @@
    and mask read + gradient written, in place), that as a fraction of the copy bandwidth, and the
    speed-up over naive CuPy and over PyTorch (forward + backward) when they are installed; InfoNCE
    (N x N similarities, matmuls through CuPy / PyTorch) by time and speed-up over PyTorch only.
+4. Fused linear cross entropy (``hidden @ weight.T`` never materialised) against PyTorch's
+   materialise-then-``F.cross_entropy`` forward + backward and Liger-Kernel's
+   ``LigerFusedLinearCrossEntropyLoss`` when installed: time and peak extra device memory
+   (PyTorch's allocator, so with PyTorch tensors; time only otherwise).
 
 Arrays are CuPy arrays when CuPy finds a GPU, else PyTorch CUDA tensors, else Numba device
 arrays. Exits with status 1 if a check fails. ``--json PATH`` also writes the results.
@@ -307,6 +311,83 @@ def bench_info_nce(be: Backend, n: int, d: int, reps: int) -> dict:
     return row
 
 
+def bench_linear_ce(be: Backend, tokens: int, hidden: int, vocab: int, reps: int) -> list[dict]:
+    """fastloss.linear_cross_entropy vs materialised PyTorch CE and Liger-Kernel: seconds, peak extra bytes."""
+    import fastloss as fl
+
+    rng = np.random.default_rng(5)
+    h = rng.standard_normal((tokens, hidden), dtype=np.float32)
+    w = (rng.standard_normal((vocab, hidden), dtype=np.float32) / math.sqrt(hidden)).astype(np.float32)
+    y = rng.integers(0, vocab, size=tokens)
+    y[::17] = -100
+    torch = _cuda_torch()
+    shape = f"({tokens}, {hidden}) x ({vocab}, {hidden})"
+    rows = []
+    if torch is not None:  # all three on PyTorch tensors: one allocator measures every peak
+        th, tw, ty = (torch.from_numpy(a).cuda() for a in (h, w, y))
+
+        def ours():
+            return fl.linear_cross_entropy.value_and_grad(th, tw, ty)
+
+        rows.append({"impl": "fastloss", "shape": shape, "seconds": timed(ours, torch.cuda.synchronize, reps),
+                     "peak_bytes": _torch_peak(torch, ours)})
+        th.requires_grad_(True)
+        tw.requires_grad_(True)
+
+        def materialised():
+            loss = torch.nn.functional.cross_entropy(th @ tw.T, ty)
+            return torch.autograd.grad(loss, (th, tw))
+
+        rows.append({"impl": "torch (materialised)", "shape": shape,
+                     "seconds": timed(materialised, torch.cuda.synchronize, reps),
+                     "peak_bytes": _torch_peak(torch, materialised)})
+        try:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        except ImportError:
+            LigerFusedLinearCrossEntropyLoss = None
+        if LigerFusedLinearCrossEntropyLoss is not None:
+            liger = LigerFusedLinearCrossEntropyLoss()
+
+            def fused():
+                return torch.autograd.grad(liger(tw, th, ty), (th, tw))
+
+            rows.append({"impl": "liger-kernel", "shape": shape, "seconds": timed(fused, torch.cuda.synchronize, reps),
+                         "peak_bytes": _torch_peak(torch, fused)})
+        got = float(fl.linear_cross_entropy(th.detach(), tw.detach(), ty))
+        want = float(torch.nn.functional.cross_entropy(th.detach() @ tw.detach().T, ty))
+        rows[0]["torch_rel_diff"] = abs(got - want) / abs(want)
+    else:
+        dh, dw, dy = be.put(h), be.put(w), be.put(y)
+        rows.append({"impl": "fastloss", "shape": shape, "peak_bytes": None,
+                     "seconds": timed(lambda: fl.linear_cross_entropy.value_and_grad(dh, dw, dy), be.sync, reps)})
+    logits_bytes = 4 * tokens * vocab
+    for r in rows:
+        r["peak_fraction_of_logits"] = None if r["peak_bytes"] is None else r["peak_bytes"] / logits_bytes
+    return rows
+
+
+def _cuda_torch():
+    if SIMULATED:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+def _torch_peak(torch, fn) -> int:
+    """Peak device memory ``fn()`` allocates beyond what was allocated before it (PyTorch's allocator)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    del out
+    return int(peak)
+
+
 def _torch_dice(x, t, reps):
     import torch
 
@@ -482,10 +563,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if tiny:
         n, ce, mask, nce, copy_bytes, reps = 64, (4, 33), (3, 1, 4, 4), (6, 5), 1 << 12, 1
+        lce_shape = (6, 5, 11)
     elif args.quick:
         n, ce, mask, nce, copy_bytes, reps = 1 << 26, (1024, 32000), (16, 1, 256, 256), (2048, 256), 1 << 28, 5
+        lce_shape = (2048, 1024, 32000)
     else:
         n, ce, mask, nce, copy_bytes, reps = 1 << 28, (4096, 128256), (64, 1, 512, 512), (8192, 512), 1 << 30, 10
+        lce_shape = (8192, 4096, 128256)
     copy = copy_bandwidth(be, copy_bytes, reps)
     print(f"\n2. Device-to-device copy: {copy:.0f} GB/s (read + write)")
 
@@ -507,12 +591,27 @@ def main(argv: list[str] | None = None) -> int:
             rate = f"{r['gbps']:>9.0f}{r['fraction_of_copy'] * 100:>7.0f}%"
         print(f"{r['loss']:<22}{r['shape']:>18}{r['seconds'] * 1e3:>10.3f}{rate}"
               f"{_speedup(r['vs_cupy']):>9}{_speedup(r['vs_torch']):>10}")
-    if results[-1].get("torch_rel_diff") is not None:
-        print(f"cross entropy vs PyTorch: relative difference of the loss {results[-1]['torch_rel_diff']:.1e}")
+    ce_row = next(r for r in results if r["loss"] == "cross_entropy")
+    if ce_row.get("torch_rel_diff") is not None:
+        print(f"cross entropy vs PyTorch: relative difference of the loss {ce_row['torch_rel_diff']:.1e}")
+
+    lce = bench_linear_ce(be, *lce_shape, reps)
+    print(f"\n4. linear_cross_entropy.value_and_grad, float32, tokens x hidden x vocab = {lce_shape}"
+          + ("  (simulator)" if tiny else ""))
+    header = f"{'implementation':<24}{'ms':>10}{'peak extra MiB':>16}{'% of logits':>13}"
+    print(header)
+    print("-" * len(header))
+    for r in lce:
+        peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.0f}"
+        frac = "-" if r["peak_fraction_of_logits"] is None else f"{r['peak_fraction_of_logits'] * 100:.0f}%"
+        print(f"{r['impl']:<24}{r['seconds'] * 1e3:>10.3f}{peak:>16}{frac:>13}")
+    if lce[0].get("torch_rel_diff") is not None:
+        print(f"linear cross entropy vs materialised PyTorch: relative difference of the loss "
+              f"{lce[0]['torch_rel_diff']:.1e}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device_description(be.cuda), "arrays": be.name, "copy_gbps": copy,
-                       "checks": checks, "benchmarks": results}, f, indent=2)
+                       "checks": checks, "benchmarks": results, "linear_cross_entropy": lce}, f, indent=2)
     return 1 if failed else 0
 
 
