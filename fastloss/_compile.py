@@ -14,8 +14,10 @@ compile in memory and warn once, so ``import fastloss`` never fails for that rea
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
+import linecache
 import types
 import warnings
 from collections.abc import Callable, Iterable
@@ -78,17 +80,31 @@ def _python_function(f):
     return None
 
 
+@functools.cache
+def _own_text(code: types.CodeType) -> bytes:
+    """The source of a function's code (falls back to bytecode), read once per process.
+
+    Memoised by code object (every driver of every loss hashes the same kernels, helpers and
+    templates), and read with ``linecache`` + ``inspect.getblock``, which is what
+    ``inspect.getsource`` does after a search of ``sys.modules`` for the function's module that
+    cost ~1-2 ms a function.
+    """
+    lines = linecache.getlines(code.co_filename)
+    if lines and 0 < code.co_firstlineno <= len(lines):
+        try:
+            return "".join(inspect.getblock(lines[code.co_firstlineno - 1:])).encode()
+        except (IndexError, SyntaxError, ValueError):  # tokenizer errors: use the bytecode
+            pass
+    consts = repr([c for c in code.co_consts if not isinstance(c, types.CodeType)]).encode()
+    return code.co_code + consts
+
+
 def _hash_function(h, f: Callable, seen: set[int]) -> None:
     f = _python_function(f) or f
     if id(f) in seen:
         return
     seen.add(id(f))
-    code = f.__code__
-    try:
-        h.update(inspect.getsource(f).encode())
-    except (OSError, TypeError):
-        h.update(code.co_code)
-        h.update(repr([c for c in code.co_consts if not isinstance(c, types.CodeType)]).encode())
+    h.update(_own_text(f.__code__))
     for name, value in _referenced(f):
         h.update(name.encode())
         if _python_function(value) is not None or (
@@ -153,8 +169,10 @@ def specialise(
     hashed
         Python functions whose source identifies this specialisation (the loss kernels).
     """
-    # scalar_kernel's source too: its compile options (forceinline, flags) shape the machine code
-    tag = source_hash(*hashed, scalar_kernel) if hashed else "0"
+    # scalar_kernel's source too: its compile options (forceinline, flags) shape the machine code;
+    # and the template's with the helpers it reaches: Numba's own cache check looks at the
+    # template's file only, so an edited helper module would otherwise load stale machine code
+    tag = source_hash(*hashed, scalar_kernel, template) if hashed else "0"
     suffix = "par" if parallel else "ser"
     qualname = f"{template.__name__}__{name}__{suffix}_{tag}"
     glb = dict(template.__globals__)

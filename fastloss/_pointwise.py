@@ -26,6 +26,8 @@ _compile_lock = threading.RLock()  # a parallel driver builds its serial twin fi
 
 #: What a driver binds for its gradient statistics: statistics are compiled only when asked for.
 _STATS_FN = {False: tuples.no_stats, True: tuples.chunk_stats}
+#: What a driver binds for input staging (in-place calls only).
+_STAGE_FNS = {False: (tuples.no_stage, tuples.no_stage_block), True: (tuples.stage_buffers, tuples.stage_block)}
 
 
 def sum_to_shape(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -73,6 +75,13 @@ class _Layout:
         self.discrete = [(k, i.domain.values) for k, i in enumerate(spec.inputs) if isinstance(i.domain, Discrete)]
         self.adapt = spec.options.get("adapt_inputs")
         self.plain = self.adapt is None and not self.discrete
+        #: ``kernel_for(params) -> kernel``: a kernel specialised on some parameter values (e.g. the
+        #: bool switches of ``poisson_nll``, so that the vectorised loop does not compute both arms)
+        self.kernel_for = spec.options.get("kernel_for")
+
+    def kernel(self, params) -> Any:
+        """The scalar kernel to compile for these (checked) parameter values."""
+        return self.spec.kernel if self.kernel_for is None else self.kernel_for(params)
 
     def ready_inputs(self, inputs) -> tuple[np.ndarray, ...] | None:
         """Flat views of ``inputs`` if they need no conversion, broadcasting or validation, else None."""
@@ -101,30 +110,36 @@ class PointwiseKind:
     def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
         return ()
 
-    def driver(self, spec: LossSpec, parallel: bool, stats: bool = False):
-        """A compiled driver of ``spec``, with gradient statistics or not.
+    def driver(self, spec: LossSpec, parallel: bool, stats: bool = False, kernel=None, staged: bool = False):
+        """A compiled driver of ``spec``.
 
         ``parallel=False`` gives :func:`~fastloss._kernels.pointwise_cpu.pointwise_chunks` (called
         with the chunk range), ``parallel=True`` the ``prange`` driver, which calls the former.
+        ``stats``: with gradient statistics; ``kernel``: the scalar kernel to compile (default
+        ``spec.kernel``; see ``kernel_for``); ``staged``: for calls whose gradient buffer is also
+        an input (in place).
         """
-        key = (spec.kernel, parallel, stats)  # not the name: custom losses may share one (or redefine it)
+        kernel = spec.kernel if kernel is None else kernel
+        key = (kernel, parallel, stats, staged)  # not the name: custom losses may share one (or redefine it)
         drv = self._drivers.get(key)
         if drv is None:
             with _compile_lock:
                 drv = self._drivers.get(key)
                 if drv is None:
-                    drv = self._drivers[key] = self._specialise(spec, parallel, stats)
+                    drv = self._drivers[key] = self._specialise(spec, kernel, parallel, stats, staged)
         return drv
 
-    def _specialise(self, spec: LossSpec, parallel: bool, stats: bool):
+    def _specialise(self, spec: LossSpec, kernel, parallel: bool, stats: bool, staged: bool):
         cache = spec.options.get("cache", True)
-        # the statistics sweep is part of the identity (and so of the cache key) of a specialisation
-        hashed = (spec.kernel, _STATS_FN[stats])
+        # what is bound is part of the identity (and so of the cache key) of a specialisation
+        stage = _STAGE_FNS[staged]
+        hashed = (kernel, _STATS_FN[stats], *stage)
         if parallel:
-            chunks = self.driver(spec, False, stats)
+            chunks = self.driver(spec, False, stats, kernel, staged)
             return specialise(pointwise_cpu.pointwise_driver, spec.name, {"_chunks": chunks},
                               parallel=True, hashed=hashed, cache=cache)
-        bindings = {"_loss_kernel": scalar_kernel(spec.kernel), "_chunk_stats": _STATS_FN[stats]}
+        bindings = {"_loss_kernel": scalar_kernel(kernel), "_chunk_stats": _STATS_FN[stats],
+                    "_stage_buffers": stage[0], "_stage_block": stage[1]}
         return specialise(pointwise_cpu.pointwise_chunks, spec.name, bindings,
                           parallel=False, hashed=hashed, cache=cache)
 
@@ -147,6 +162,7 @@ class PointwiseKind:
             if spec.check is not None:
                 spec.check(dict(defaults))
             default_kparams = spec.kernel_params(defaults)
+            default_kernel = layout.kernel(defaults)
         except Exception:  # a declaration whose defaults need the general path
             return None
         by_name = {p.name: p for p in params}
@@ -158,7 +174,7 @@ class PointwiseKind:
         name = spec.name
         flags = pointwise_cpu.NEED_GRAD if need_grad else 0
         no_grads = {dt: (e,) * ndiff for dt, e in _EMPTY.items()}
-        drivers = [None, None]  # serial, parallel
+        drivers = {}  # serial driver by kernel (the parallel one is looked up: its call dwarfs that)
         config = _config
         chunk = pointwise_cpu.CHUNK
         guard = _threading.guard
@@ -182,6 +198,7 @@ class PointwiseKind:
             reduction = "mean"
             out = None
             kparams = default_kparams
+            kernel = default_kernel
             if kwargs:
                 pvals = None
                 for key, v in kwargs.items():
@@ -211,10 +228,12 @@ class PointwiseKind:
                     except (TypeError, ValueError):
                         return slow  # the general path raises it, after its own earlier checks
                     kparams = spec.kernel_params(pvals)
+                    kernel = layout.kernel(pvals)
             n = x0.size
             if n == 0:
                 return slow
             xs = args if flat else tuple([x.reshape(-1) for x in args])
+            staged = False
             if not need_grad:
                 gs = no_grads[dtype]
             elif out is None:
@@ -237,18 +256,19 @@ class PointwiseKind:
                     for jj, oo in enumerate(outs):
                         if jj != j and oo is not None and np.may_share_memory(o, oo):
                             return slow
+                    staged = staged or np.may_share_memory(o, args[diff[j]])  # in place
                     gl.append(o if flat else o.reshape(-1))
                 gs = tuple(gl)
             scale = 1.0 / n if reduction == "mean" else 1.0
             if n < config.PARALLEL_THRESHOLD:
-                drv = drivers[0]
+                drv = drivers.get(kernel) if not staged else None
                 if drv is None:
-                    drv = drivers[0] = self.driver(spec, False)
+                    drv = self.driver(spec, False, False, kernel, staged)
+                    if not staged:
+                        drivers[kernel] = drv
                 total = drv(xs, empty, gs, empty, kparams, scale, flags, _NO_STATS, 0, (n + chunk - 1) // chunk)
             else:
-                drv = drivers[1]
-                if drv is None:
-                    drv = drivers[1] = self.driver(spec, True)
+                drv = self.driver(spec, True, False, kernel, staged)
                 with guard():
                     total = drv(xs, empty, gs, empty, kparams, scale, flags, _NO_STATS)
             value = dtype.type(total * scale if reduction == "mean" else total)
@@ -314,10 +334,12 @@ class PointwiseKind:
         )
         stat_rows = _stats.empty_partials(pointwise_cpu.nchunks(n)) if stats else _NO_STATS
 
+        # a gradient buffer that is also an input (in place) needs the staging driver
+        staged = out is not None and need_grad and any(np.may_share_memory(g, x) for g in gs for x in xs)
         total = 0.0
         if n:
             parallel = n >= _config.PARALLEL_THRESHOLD
-            drv = self.driver(spec, parallel, stats)
+            drv = self.driver(spec, parallel, stats, layout.kernel(params), staged)
             kparams = spec.kernel_params(params)
             if parallel:
                 with _threading.guard():

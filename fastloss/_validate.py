@@ -95,17 +95,39 @@ def check_out(
     return out
 
 
-@njit(nogil=True)
+#: Elements scanned per block by :func:`_first_not_in` before it looks at whether one was invalid.
+_SCAN_BLOCK = 4096
+
+
+@njit(nogil=True, error_model="numpy")
 def _first_not_in(flat, allowed):
-    for i in range(flat.size):
-        v = flat[i]
-        ok = False
-        for a in allowed:
-            if v == a:
-                ok = True
-                break
-        if not ok:
-            return i
+    """Index of the first element of ``flat`` not in the tuple ``allowed``, or -1.
+
+    Each block is first *counted* without a branch (``allowed`` is a tuple, so the comparisons
+    unroll and LLVM vectorises the count: ~0.25 ns per element instead of ~7 for an early-exit
+    search); only a block that holds an invalid element is searched for its first one.
+    """
+    n = flat.size
+    for lo in range(0, n, _SCAN_BLOCK):
+        hi = lo + _SCAN_BLOCK
+        if hi > n:
+            hi = n
+        blk = flat[lo:hi]
+        bad = 0
+        for i in range(blk.size):
+            v = blk[i]
+            ok = False
+            for a in allowed:
+                ok |= v == a
+            bad += not ok
+        if bad:
+            for i in range(blk.size):
+                v = blk[i]
+                ok = False
+                for a in allowed:
+                    ok |= v == a
+                if not ok:
+                    return lo + i
     return -1
 
 
@@ -116,7 +138,7 @@ def check_discrete(loss: str, name: str, arr: np.ndarray, allowed: Sequence[floa
     flat = np.ascontiguousarray(arr).reshape(-1)
     if flat.dtype.kind == "b":
         flat = flat.view(np.uint8)
-    i = _first_not_in(flat, np.asarray(allowed, dtype=np.float64))
+    i = _first_not_in(flat, tuple(float(a) for a in allowed))
     if i >= 0:
         index = np.unravel_index(i, arr.shape) if arr.ndim > 1 else (i,)
         allowed_s = ", ".join(f"{a:g}" for a in allowed)

@@ -17,6 +17,7 @@ import operator
 
 import numpy as np
 from numba.core import cgutils, types
+from numba.core.imputils import impl_ret_borrowed
 from numba.core.typing import signature
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import load_item, store_item
@@ -36,7 +37,11 @@ def _item_pointer(context, builder, aryty, value, idx):
 
 @intrinsic
 def gather(typingctx, xs, i):
-    """``(float64(xs[0][i]), float64(xs[1][i]), ...)`` for ``0 <= i < len(xs[k])``."""
+    """``(float64(xs[0][i]), float64(xs[1][i]), ...)`` for ``0 <= i < len(xs[k])``.
+
+    No wrap-around check for a negative ``i`` (``xs[k][i]`` has one, which keeps LLVM from
+    vectorising a loop unless it can prove ``i >= 0``).
+    """
     sig = types.UniTuple(types.float64, len(xs))(xs, i)
 
     def codegen(context, builder, sig, args):
@@ -104,6 +109,50 @@ def no_stats(typingctx, gs, row):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def no_stage(typingctx, xs, size):
+    """Stand-in for :func:`stage_buffers` in drivers that never stage: returns ``xs`` itself."""
+    sig = xs(xs, size)
+
+    def codegen(context, builder, sig, args):
+        return impl_ret_borrowed(context, builder, sig.return_type, args[0])
+
+    return sig, codegen
+
+
+@intrinsic
+def no_stage_block(typingctx, stage, xc, m):
+    """Stand-in for :func:`stage_block` in drivers that never stage: returns ``xc`` itself."""
+    sig = xc(stage, xc, m)
+
+    def codegen(context, builder, sig, args):
+        return impl_ret_borrowed(context, builder, sig.return_type, args[1])
+
+    return sig, codegen
+
+
+def stage_buffers(xs, size):
+    """``(np.empty(size, xs[0].dtype), np.empty(size, xs[1].dtype), ...)``."""
+
+
+def stage_block(stage, xc, m):
+    """Copy ``xc[k][:m]`` into ``stage[k]`` for every ``k``; return ``stage``."""
+
+
+@overload(stage_buffers)
+def _stage_buffers(xs, size):
+    body = "".join(f"np.empty(size, xs[{k}].dtype), " for k in range(len(xs)))
+    return _build(f"def impl(xs, size):\n    return ({body})\n", "impl")
+
+
+@overload(stage_block)
+def _stage_block(stage, xc, m):
+    lines = "".join(
+        f"    d = stage[{k}]\n    s = xc[{k}]\n    for i in range(m):\n        d[i] = s[i]\n" for k in range(len(xc))
+    )
+    return _build(f"def impl(stage, xc, m):\n{lines}    return stage\n", "impl")
 
 
 def chunk_stats(gs, row):

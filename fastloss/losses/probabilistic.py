@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from .._compile import scalar_kernel
 from .._kernels.mathfn import exp, log
 from .._registry import register
 from .._spec import Input, Interval, LossSpec, Param, Properties
@@ -14,8 +15,9 @@ HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def _poisson_nll(pred, target, log_input, full, eps):
-    # no early returns: the vectorised driver loop computes every arm and selects (LLVM does not
-    # unswitch a loop this large on the parameters), so each arm is kept to one exp or log
+    # no early returns: a vectorised loop computes every arm of a branch and selects (LLVM does
+    # not unswitch a loop this large on the parameters), so each arm is kept to one exp or log;
+    # the CPU drivers compile the specialisations below instead, which have one arm
     if log_input != 0.0:
         e = exp(pred)
         value = e - target * pred
@@ -30,6 +32,27 @@ def _poisson_nll(pred, target, log_input, full, eps):
         value += stirling if target > 1.0 else 0.0
     return value, grad
 
+
+_poisson_any = scalar_kernel(_poisson_nll)
+
+
+def _poisson_fixed(log_input: bool, full: bool):
+    """``_poisson_nll`` with ``log_input`` and ``full`` fixed: LLVM drops the arms not taken.
+
+    The arguments stay those of ``_poisson_nll`` (the kind passes every parameter); the fixed
+    values are frozen into the compiled kernel, so the vectorised loop computes one exp (or one
+    log) per element instead of an exp and two logs.
+    """
+    li = 1.0 if log_input else 0.0
+    fu = 1.0 if full else 0.0
+
+    def poisson_nll_fixed(pred, target, log_input, full, eps):
+        return _poisson_any(pred, target, li, fu, eps)
+
+    return poisson_nll_fixed
+
+
+_POISSON_FIXED = {(li, fu): _poisson_fixed(li, fu) for li in (False, True) for fu in (False, True)}
 
 poisson_nll = register(LossSpec(
     name="poisson_nll",
@@ -46,6 +69,7 @@ poisson_nll = register(LossSpec(
               Interval(0.0, math.inf, (False, False))),
     ),
     domains=lambda params: {} if params["log_input"] else {"pred": Interval(0.0, math.inf, (False, False))},
+    options={"kernel_for": lambda params: _POISSON_FIXED[bool(params["log_input"]), bool(params["full"])]},
     summary="Poisson negative log-likelihood.",
     formula=r"\ell = e^{x} - y x \ \ (\text{log input}),\qquad \ell = x - y \log(x + \epsilon)\ \ (\text{rate input})",
     gradient=r"\partial \ell / \partial x = e^{x} - y \ \ (\text{log input}),\qquad 1 - y / (x + \epsilon)",
