@@ -263,8 +263,13 @@ def factory(kind: str) -> KindFactory:
 
 
 def default_params(spec: LossSpec) -> dict[str, Any]:
-    """The declaration's default hyper-parameters (the benchmark measures the defaults)."""
-    return {p.name: p.default for p in spec.params}
+    """The declaration's default hyper-parameters (the benchmark measures the defaults).
+
+    A loss's auxiliary-output switch (``options["aux"]``, e.g. ``return_z_loss``) changes the shape
+    of the value, not the loss, and peers do not take it: it is left out.
+    """
+    aux = spec.options.get("aux")
+    return {p.name: p.default for p in spec.params if p.name != aux}
 
 
 def sizes_for(kind: str, tokens: Sequence[str] | None, quick: bool = False) -> list[Size]:
