@@ -89,7 +89,7 @@ def _variants():
                 yield pytest.param(name, params, dtype, id=f"{name}-{params}-{dtype}")
 
 
-@pytest.mark.parametrize(("name", "params", "dtype"), _variants())
+@pytest.mark.parametrize(("name", "params", "dtype"), list(_variants()))
 def test_naive_peer_matches_fastloss(name, params, dtype):
     if name not in NAIVE:
         pytest.fail(f"{name} has no naive peer")
