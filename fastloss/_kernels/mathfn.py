@@ -55,7 +55,9 @@ __all__ = [
     "tanh",
 ]
 
-_fn = njit(cache=False, error_model="numpy", fastmath={"contract"}, forceinline=True)
+# no C-callable wrapper (never used; compiling it costs time on every cold start), but the CPython
+# wrapper stays: the CUDA simulator runs device code as Python and calls these functions from it
+_fn = njit(cache=False, error_model="numpy", fastmath={"contract"}, forceinline=True, no_cfunc_wrapper=True)
 
 INV_LN2 = 1.4426950408889634
 # ln 2 = LN2_HI + LN2_LO; LN2_HI has 32 significant bits, so k * LN2_HI is exact for |k| < 2^21

@@ -194,7 +194,8 @@ def row_kernel(func, *, split: bool = False):
             g = types.FunctionType(f.__code__, glb, f.__name__, f.__defaults__, f.__closure__)
             g.__qualname__ = f.__qualname__
             g.__module__ = f.__module__
-            compiled[key] = njit(g, cache=False, error_model="numpy", fastmath=set(FASTMATH))
+            compiled[key] = njit(g, cache=False, error_model="numpy", fastmath=set(FASTMATH), no_cfunc_wrapper=True,
+                                 no_cpython_wrapper=True)
         return compiled[key]
 
     return build(func)
