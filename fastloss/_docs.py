@@ -26,8 +26,12 @@ stats : bool, default False
 
 
 def _param_block(p: Param) -> str:
-    dom = f" in {p.domain}" if p.domain is not None else ""
-    return f"{p.name} : {p.type.__name__}, default {p.default!r}\n    {p.doc}{dom}."
+    dom = f" In {p.domain}" if p.domain is not None else ""
+    if p.optional:
+        dom = f" Otherwise in {p.domain}" if p.domain is not None else ""
+    kind = f"{p.type.__name__} or None" if p.optional else p.type.__name__
+    doc = p.doc if p.doc.endswith(".") else p.doc + "."
+    return f"{p.name} : {kind}, default {p.default!r}\n    {doc}{dom}{'.' if dom else ''}"
 
 
 def render_docstring(spec: LossSpec, params: Sequence[Param], method: str) -> str:
