@@ -18,6 +18,7 @@ _threading.configure()  # must precede the first parallel kernel
 
 from . import _pointwise, _rowreduce, _rowwise, _similarity  # noqa: E402,F401  (register the kinds)
 from ._api import Loss  # noqa: E402
+from ._buffers import buffer_cache, empty_cache  # noqa: E402
 from ._combine import Combined, CombinedResult, combine  # noqa: E402
 from ._cuda import cuda_available  # noqa: E402
 from ._gradcheck import GradCheck, check_grad  # noqa: E402
@@ -56,6 +57,7 @@ __all__ = [
     "Loss",
     "binary_cross_entropy",
     "bpr",
+    "buffer_cache",
     "check_grad",
     "combine",
     "contrastive",
@@ -63,6 +65,7 @@ __all__ = [
     "cross_entropy",
     "cuda_available",
     "dice",
+    "empty_cache",
     "gaussian_nll",
     "generalized_cross_entropy",
     "get",

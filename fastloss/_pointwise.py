@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _config, _stats, _threading
+from . import _buffers, _config, _stats, _threading
 from ._compile import scalar_kernel, specialise
 from ._kernels import pointwise_cpu, tuples
 from ._kinds import register_kind
@@ -178,6 +178,8 @@ class PointwiseKind:
         config = _config
         chunk = pointwise_cpu.CHUNK
         guard = _threading.guard
+        cached_empty = _buffers.empty
+        min_cached = _buffers.MIN_BYTES
         slow = NotImplemented
 
         def fast(args, kwargs):
@@ -237,7 +239,10 @@ class PointwiseKind:
             if not need_grad:
                 gs = no_grads[dtype]
             elif out is None:
-                gs = (np.empty(n, dtype),) if ndiff == 1 else tuple([np.empty(n, dtype) for _ in diff])
+                if n * dtype.itemsize < min_cached:
+                    gs = (np.empty(n, dtype),) if ndiff == 1 else tuple([np.empty(n, dtype) for _ in diff])
+                else:
+                    gs = tuple([cached_empty(n, dtype) for _ in diff])
             else:
                 outs = (out,) if ndiff == 1 and type(out) is np.ndarray else out
                 if type(outs) is not tuple or len(outs) != ndiff:
@@ -245,7 +250,7 @@ class PointwiseKind:
                 gl = []
                 for j, o in enumerate(outs):
                     if o is None:
-                        gl.append(np.empty(n, dtype))
+                        gl.append(cached_empty(n, dtype))
                         continue
                     if (type(o) is not np.ndarray or o.shape != shape or o.dtype != dtype
                             or not o.flags.c_contiguous or not o.flags.writeable):
@@ -326,7 +331,7 @@ class PointwiseKind:
         else:
             gs = (_empty(dtype),) * len(diff)
         per_element = need_value and reduction == "none"
-        loss_out = np.empty(n, dtype) if per_element else _empty(dtype)
+        loss_out = _buffers.empty(n, dtype) if per_element else _empty(dtype)
         flags = (
             (pointwise_cpu.NEED_GRAD if need_grad else 0)
             | (pointwise_cpu.PER_ELEMENT if per_element else 0)
@@ -393,7 +398,7 @@ class PointwiseKind:
         """Write straight into ``out`` when it is already the flat buffer the driver needs."""
         if out is not None and out.shape == shape and out.dtype == dtype and out.flags.c_contiguous:
             return out.reshape(-1)
-        return np.empty(math.prod(shape), dtype)
+        return _buffers.empty(math.prod(shape), dtype)
 
     @staticmethod
     def _finish_grad(g: np.ndarray, x: np.ndarray, x_shape, out, shape) -> np.ndarray:

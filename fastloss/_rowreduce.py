@@ -56,7 +56,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from . import _config, _stats, _threading
+from . import _buffers, _config, _stats, _threading
 from ._compile import specialise
 from ._kernels import rowreduce_cpu
 from ._kinds import register_kind
@@ -337,7 +337,7 @@ class RowReduceKind:
         """Write straight into ``out`` when it is already the C-contiguous buffer the driver needs."""
         if out is not None and out.dtype == dtype and out.flags.c_contiguous:
             return out.reshape(n, d)
-        return np.empty((n, d), dtype)
+        return _buffers.empty((n, d), dtype)
 
     @staticmethod
     def _finish_grad(g: np.ndarray, x: np.ndarray, shape, out) -> np.ndarray:

@@ -31,7 +31,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from . import _config, _stats, _threading
+from . import _buffers, _config, _stats, _threading
 from ._compile import njit, specialise
 from ._kernels import rowops, rowwise_cpu
 from ._kinds import register_kind
@@ -213,7 +213,7 @@ class RowwiseKind:
             elif private:
                 g2 = x2  # our own copy of the logits: the gradient overwrites it
             else:
-                g2 = np.empty((n, nc), dtype)
+                g2 = _buffers.empty((n, nc), dtype)
         else:
             g2 = np.empty((0, nc), dtype)
 
