@@ -12,9 +12,10 @@ Every loss is a callable object::
 
 from __future__ import annotations
 
-from . import _threading
+from . import _startup, _threading
 
 _threading.configure()  # must precede the first parallel kernel
+_startup.defer_blas_check()  # before Numba's first call imports SciPy for it
 
 from . import _pointwise, _rowreduce, _rowwise, _similarity  # noqa: E402,F401  (register the kinds)
 from ._api import Loss  # noqa: E402

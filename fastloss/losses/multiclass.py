@@ -86,8 +86,8 @@ def _log_p_target(x, y, w, g):
     """``log p_y``, the row sums ``s``, the class weight ``w_y`` and the row maximum ``m`` per row;
     ``g <- exp(x - m)`` when ``g`` is not empty."""
     nr = x.shape[0]
-    xy = R.gather(x, y)
     m = R.row_max(x)
+    xy = R.gather(x, y)  # after the maximum, which brought the block into cache; before g is written
     s = R.exp_sum(x, m, g)
     logp = np.empty(nr)
     for r in range(nr):
