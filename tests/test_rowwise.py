@@ -691,7 +691,7 @@ _CACHE_PROBE = textwrap.dedent("""
     from fastloss import _rowwise
     x = np.linspace(-3, 3, 24).reshape(4, 6)
     v = fl.multiclass_hinge(x, np.array([0, 1, 2, 3]))  # the quickest rowwise kernel to compile
-    drv = _rowwise.ROWWISE._drivers["multiclass_hinge", "ser"]
+    drv = _rowwise.ROWWISE.driver(fl.multiclass_hinge.spec, "ser")  # the one the call compiled
     print(json.dumps({"value": float(v), "hits": sum(drv.stats.cache_hits.values()),
                       "misses": sum(drv.stats.cache_misses.values())}))
 """)
@@ -732,3 +732,24 @@ def test_float32_exponential_against_numpy():
     assert np.all(got[~normal] == 0.0)  # below the smallest normal float32: flushed to zero
     special = apply(np.array([-np.inf, np.nan, 0.0], np.float32))
     assert special[0] == 0.0 and np.isnan(special[1]) and special[2] == 1.0
+
+
+def test_cross_entropy_common_case_has_a_kernel_of_its_own():
+    from fastloss import _rowwise
+    from fastloss.losses import multiclass
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 5))
+    y = np.array([0, 1, 4, 2, -100, 3])
+    spec = fl.cross_entropy.spec
+    pick = _rowwise.ROWWISE.kernel_for
+    assert pick(spec, {"label_smoothing": 0.0, "softcap": None}, True) is multiclass._plain_cross_entropy
+    assert pick(spec, {"label_smoothing": 0.1, "softcap": None}, True) is spec.kernel
+    assert pick(spec, {"label_smoothing": 0.0, "softcap": 30.0}, True) is spec.kernel
+    assert pick(spec, {"label_smoothing": 0.0, "softcap": None}, False) is spec.kernel
+    # both kernels give the reference's answer for their calls (z-loss included in the plain one)
+    for kw in ({}, {"z_loss": 1e-3}, {"label_smoothing": 0.2}):
+        loss, grad, _ = REFERENCES["cross_entropy"](x, y, ignore_index=-100, **kw)
+        got, g = fl.cross_entropy.value_and_grad(x, y, reduction="sum", **kw)
+        np.testing.assert_allclose(got, loss.sum(), rtol=1e-12)
+        np.testing.assert_allclose(g, grad, rtol=1e-10, atol=1e-14)

@@ -116,32 +116,43 @@ def _target_grad(g, y, s, wy, scale, dpsi):
 # -- cross entropy ------------------------------------------------------------------------------
 
 
-def _cross_entropy(x, y, t, w, g, scale, loss, label_smoothing, z_loss, softcap):
+def _plain_cross_entropy(x, y, t, w, g, scale, loss, label_smoothing, z_loss, softcap):
+    # class-index targets, no label smoothing, no soft-capping: one exp pass, the gradient written
+    # over exp(x - m). A kernel of its own (see ``kernel_for``): it compiles in a fraction of the
+    # time of the general one, which is only built when a call needs it.
     nr = x.shape[0]
+    logp, s, wy, m = _log_p_target(x, y, w, g)
+    aux = loss.size > nr
+    c = np.empty(nr)
+    b = np.empty(nr)
+    for r in range(nr):
+        zr = z_loss * wy[r]
+        zt = 0.0
+        dz = 0.0
+        if zr != 0.0:  # (an infinite lse must not turn a zero coefficient into NaN)
+            lse = m[r] + log(s[r])
+            zt = zr * lse * lse
+            dz = 2.0 * zr * lse
+        loss[r] = -wy[r] * logp[r] + zt
+        if aux:
+            loss[nr + r] = zt
+        c[r] = scale * (wy[r] + dz) / s[r]
+        b[r] = -scale * wy[r]
+    if g.shape[0]:
+        R.scale_rows(g, c)
+        R.add_at(g, y, b)
+
+
+def _cross_entropy(x, y, t, w, g, scale, loss, label_smoothing, z_loss, softcap):
     if y.size and label_smoothing == 0.0 and softcap == 0.0:
-        # the common case on its own: one exp pass, the gradient written over exp(x - m)
-        logp, s, wy, m = _log_p_target(x, y, w, g)
-        aux = loss.size > nr
-        c = np.empty(nr)
-        b = np.empty(nr)
-        for r in range(nr):
-            zr = z_loss * wy[r]
-            zt = 0.0
-            dz = 0.0
-            if zr != 0.0:  # (an infinite lse must not turn a zero coefficient into NaN)
-                lse = m[r] + log(s[r])
-                zt = zr * lse * lse
-                dz = 2.0 * zr * lse
-            loss[r] = -wy[r] * logp[r] + zt
-            if aux:
-                loss[nr + r] = zt
-            c[r] = scale * (wy[r] + dz) / s[r]
-            b[r] = -scale * wy[r]
-        if g.shape[0]:
-            R.scale_rows(g, c)
-            R.add_at(g, y, b)
+        _plain_cross_entropy(x, y, t, w, g, scale, loss, label_smoothing, z_loss, softcap)
         return
     _smoothed_cross_entropy(x, y, t, w, g, scale, loss, label_smoothing, z_loss, softcap)
+
+
+def _cross_entropy_kernel(params, index_targets):
+    plain = index_targets and params["label_smoothing"] == 0.0 and not params["softcap"]
+    return _plain_cross_entropy if plain else _cross_entropy
 
 
 def _softcapped(v, cap):
@@ -285,7 +296,7 @@ cross_entropy = register(LossSpec(
     >>> round(float(loss), 6), g[1].tolist()
     (0.241311, [0.0, 0.0, 0.0])
     """,
-    options={**_options(targets=("index", "probs")), "aux": "return_z_loss"},
+    options={**_options(targets=("index", "probs")), "aux": "return_z_loss", "kernel_for": _cross_entropy_kernel},
 ))
 
 
