@@ -64,6 +64,13 @@ def expo_tail(r):
     return (mp.exp(r) - 1 - r) / r**2
 
 
+def expm1_over(r):
+    """(e^r - 1) / r, so that e^r = 1 + r Q(r) (the float32 softmax exponential of rowops)."""
+    if abs(r) < mp.mpf("1e-30"):
+        return 1 + r / 2
+    return mp.expm1(r) / r
+
+
 def atanh_tail(z):
     """(2 atanh(s) - 2 s) / s^3 with z = s^2, so that log1p(f) = 2 s + s z Q(z), s = f / (2 + f)."""
     if z < mp.mpf("1e-30"):
@@ -88,6 +95,7 @@ def main() -> None:
     show("POW_Q", *remez(atanh_tail, mp.mpf(0), smax**2, 8))  # pow needs log to ~2^-64
     show("TANH_T", *remez(tanh_tail, mp.mpf(0), mp.mpf(TANH_POLY) ** 2, 10))
     show("EXPF_P", *remez(expo_tail, -half_ln2, half_ln2, 4))
+    show("EXP_NEG_F32_Q (rowops; round to float32)", *remez(expm1_over, -half_ln2, half_ln2, 5))
     ln2 = mp.log(2)
     hi = mp.floor(ln2 * 2**32) / 2**32  # 32 significant bits: k * LN2_HI is exact for |k| < 2^21
     print(f"LN2_HI = {float(hi)!r}\nLN2_LO = {float(ln2 - hi)!r}")

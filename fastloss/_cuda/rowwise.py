@@ -599,6 +599,22 @@ _THREAD = _TEMPLATE_HEAD + '''    r = int64(cuda.blockIdx.x) * THREADS + tid
 '''
 
 
+def _softmax_pass(prims):
+    """``rowops.softmax_pass`` from the mode's own primitives: maximum, target logit, exponentials.
+
+    (On the CPU that primitive mostly saves the pass that finds the maximum, a memory-bound one; a
+    block reads its row from device memory in either case, so the device keeps the exact maximum.)
+    """
+    row_max, gather, exp_sum = prims.row_max, prims.gather, prims.exp_sum
+
+    def softmax_pass(x, y, e):
+        m = row_max(x)
+        xy = gather(x, y)  # before exp_sum writes e, which may be x
+        return xy, m, exp_sum(x, m, e)
+
+    return cuda.jit(device=True, inline="always")(softmax_pass)
+
+
 def driver_source(mode: str, n_params: int) -> str:
     """The driver kernel's source for a kernel with ``n_params`` hyper-parameters."""
     names = [f"p{j}" for j in range(n_params)]
@@ -620,6 +636,7 @@ class _Build:
         for name, fn in PRIMITIVES[mode].items():
             bound = types.FunctionType(fn.__code__, glb, fn.__name__, fn.__defaults__)
             setattr(prims, name, cuda.jit(device=True, inline="always")(bound))
+        prims.softmax_pass = _softmax_pass(prims)
         self.primitives = prims
         self.numpy = _numpy_standin(mode)
         self._by_id = {id(pair[0]): name for name, pair in rowops.PRIMITIVES.items()}

@@ -56,6 +56,12 @@ SHORT_ROW = 16
 #: Piece length of the split (intra-row parallel) twins.
 SEGMENT = 16384
 
+#: :func:`softmax_pass` keeps its one-pass estimate of a row's shift while the row's sum of
+#: exponentials stays below this (e^63): every term is then below e^63 (a term clamped at e^64 is
+#: caught even after rounding to float32), and the gradient factors ``c / s`` stay far from float32's
+#: subnormal range.
+SHIFT_SUM_LIMIT = float(np.exp(63.0))
+
 # Primitives are only ever called from compiled kernels: no CPython or C wrapper to compile (the
 # wrappers were ~17% of a cold cross-entropy compile). Call them from Python through an njit function.
 _opts = {"error_model": "numpy", "fastmath": set(FASTMATH), "no_cfunc_wrapper": True, "no_cpython_wrapper": True}
@@ -71,44 +77,49 @@ _split = njit(cache=False, parallel=True, **_opts)
 # Every exponential here is exp(x - m) with m the row maximum, so its argument is <= 0 (or NaN).
 # For float64 data that is mathfn.exp. For float32 data a float32-lane version: mathfn's float32
 # variant computes in float64 lanes (8 per AVX-512 vector), this one in float32 lanes (16), which
-# doubles the throughput of the pass that bounds softmax speed. Results below the smallest normal
-# float32 (x - m < -87.34) are flushed to 0: they are below 1e-38 of the row's largest term.
+# doubles the throughput of the pass that bounds softmax speed. It is written to be short, as it
+# is most of a softmax's instructions: no selects. Arguments are clamped at -88, where k = -127
+# makes the exponent bits of 2^k zero, so the result is exactly 0 below -87.68 without a compare
+# (and -inf gives 0); between -87.68 and -87.34 results are subnormal, computed by gradual
+# underflow. NaN passes through the clamp (max keeps a NaN first operand) and the arithmetic.
+# Arguments above 64 are clamped to 64 (e^64): :func:`softmax_pass` shifts by an estimate of the
+# row maximum and recognises a row that needs the exact one by a sum of at least e^64.
 
 _F32 = np.float32
-_LO = _F32(-87.33654)  # log(2^-126)
+_CLAMP = _F32(-88.0)
+_CLAMP_HI = _F32(64.0)
 _LOG2E = _F32(1.4426950408889634)
 _MAGIC = _F32(12582912.0)  # 1.5 * 2^23: adding it rounds |t| < 2^22 to an integer in the low bits
 _MAGIC_BITS = np.int32(np.array([_MAGIC]).view(np.int32)[0])
 _LN2_HI = _F32(0.693359375)  # exact in 9 bits: k * _LN2_HI is exact
 _LN2_LO = _F32(-2.12194440e-4)
-# e^r = 1 + r + r^2 P(r) on |r| <= ln2/2 (Cephes expf coefficients): within 1 float32 ulp overall
-_E5 = _F32(1.9875691500e-4)
-_E4 = _F32(1.3981999507e-3)
-_E3 = _F32(8.3334519073e-3)
-_E2 = _F32(4.1665795894e-2)
-_E1 = _F32(1.6666665459e-1)
-_E0 = _F32(5.0000001201e-1)
+# e^r = 1 + r Q(r) on |r| <= ln2/2, Q the degree-5 minimax of (e^r - 1) / r (relative error 1.1e-8
+# before rounding the coefficients to float32; tools/fit_mathfn.py): within 0.9 float32 ulp overall
+_Q0 = _F32(1.0000000106279598)
+_Q1 = _F32(0.4999999812479965)
+_Q2 = _F32(0.16666506219583688)
+_Q3 = _F32(0.04166713620771784)
+_Q4 = _F32(0.008369068561409499)
+_Q5 = _F32(0.0013888872861970822)
 
 
 @njit(cache=False, error_model="numpy", fastmath={"contract"})  # never reassoc: it folds the rounding trick
-def exp_neg_f32(d):
-    """``e^d`` in float32 for float32 ``d <= 0`` (0 below -87.34, NaN propagates), within 1 ulp."""
-    dc = max(d, _LO)
+def exp_shifted_f32(d):
+    """``e^d`` in float32 for float32 ``d <= 64`` (0 below -87.68, e^64 above 64, NaN propagates), within 1 ulp."""
+    dc = min(max(d, _CLAMP), _CLAMP_HI)
     t = dc * _LOG2E + _MAGIC
     kf = t - _MAGIC
     k = _F32(t).view(np.int32) - _MAGIC_BITS
     r = dc - kf * _LN2_HI
     r = r - kf * _LN2_LO
-    p = _E5
-    p = p * r + _E4
-    p = p * r + _E3
-    p = p * r + _E2
-    p = p * r + _E1
-    p = p * r + _E0
-    y = p * r * r + r + _F32(1.0)
-    y = y * np.int32((k + 127) << 23).view(np.float32)  # 2^k, k in [-126, 0]
-    y = y if d >= _LO else _F32(0.0)
-    return y if d == d else d
+    p = _Q5
+    p = p * r + _Q4
+    p = p * r + _Q3
+    p = p * r + _Q2
+    p = p * r + _Q1
+    p = p * r + _Q0
+    y = p * r + _F32(1.0)
+    return y * np.int32((k + 127) << 23).view(np.float32)  # 2^k, k in [-127, 92]; 2^-127 reads as 0
 
 
 def shift(v, m):
@@ -129,7 +140,7 @@ def _shift(v, m):
 @overload(exp_shift, inline="always")
 def _exp_shift(v, m):
     if v == nbtypes.float32:
-        return lambda v, m: exp_neg_f32(v - _F32(m))
+        return lambda v, m: exp_shifted_f32(v - _F32(m))
     return lambda v, m: exp(np.float64(v) - m)
 
 
@@ -216,6 +227,44 @@ def _exp_sum1(x, m, e, pad):
 
 
 @_prim
+def _shift_exp_sum1(x, e, pad):
+    """``(m, sum_j exp(x_j - m))`` of a row of at least ``VECTOR_CHUNK`` elements, in one pass when it can.
+
+    ``m`` is the maximum of the first ``VECTOR_CHUNK`` elements: a valid shift for a stable
+    log-sum-exp as long as no element exceeds it by much, which the sum tells (it reaches
+    ``SHIFT_SUM_LIMIT``; NaN and infinities fail too). Otherwise the row takes its exact maximum and
+    a second pass. ``e`` (storing the terms, unless empty) must not be ``x``: the second pass
+    re-reads ``x``; see :func:`_in_place_shift` for that case.
+    """
+    m = _max1(x[:VECTOR_CHUNK])
+    if abs(m) < np.inf:
+        s = _exp_sum1(x, m, e, pad)
+        if s < SHIFT_SUM_LIMIT:
+            return m, s
+    m = _max1(x)
+    return m, _exp_sum1(x, m, e, pad)
+
+
+@_prim
+def _in_place_shift(x, mx, pad):
+    """The shift :func:`_shift_exp_sum1` takes for row ``x`` (maximum ``mx``), found without writing it.
+
+    So that a gradient written over its logits has the same bits as one written elsewhere. The
+    maximum settles almost every row: a spread under ``63 - log(n) - 1`` keeps the sum below the limit,
+    one over 64 puts a term at e^64 or more; only rows in between take a sum-only pass.
+    """
+    m = _max1(x[:VECTOR_CHUNK])
+    if not abs(m) < np.inf:
+        return mx
+    d = mx - m
+    if d <= 62.0 - np.log(x.size):
+        return m
+    if d > 64.0 or d != d:
+        return mx
+    return m if _exp_sum1(x, m, _no_row(x), pad) < SHIFT_SUM_LIMIT else mx
+
+
+@_prim
 def _sum1(e):
     s = 0.0
     for j in range(e.size):
@@ -253,10 +302,15 @@ def _xlogx1(t):
 
 @_prim
 def _scale1(g, c):
-    # in the precision of g: a float32 row multiplied in float64 lanes runs at half the speed
+    # in the precision of g: a float32 row multiplied in float64 lanes runs at half the speed; but
+    # not a factor that float32 would round into its subnormal range
     cg = g.dtype.type(c)
-    for j in range(g.size):
-        g[j] = g[j] * cg
+    if abs(c) >= 1e-30 or c == 0.0:
+        for j in range(g.size):
+            g[j] = g[j] * cg
+    else:
+        for j in range(g.size):
+            g[j] = g.dtype.type(np.float64(g[j]) * c)
 
 
 @_prim
@@ -427,6 +481,43 @@ def gather(x, y):
 
 
 @_prim
+def softmax_pass(x, y, e):
+    """``(x[r, y_r], m_r, s_r)`` per row, ``s_r = sum_j exp(x_rj - m_r)``; ``e <- exp(x - m)`` unless empty.
+
+    The pass of a softmax over class-index rows, in one read of each row where possible: ``m_r`` is
+    a *shift*, not always the row maximum (``max_j x_rj - 64 < m_r <= max_j x_rj``), which is all a
+    stable log-sum-exp needs (``lse = m + log s``). Estimating it from the row's first elements saves
+    the separate pass that finds the maximum, a pass that waits on memory for every row (see
+    :func:`_shift_exp_sum1`). ``e`` may be ``x`` (in place): the row's maximum is then found first
+    and the same shift chosen (:func:`_in_place_shift`), so both give the same bits. Short rows, and
+    rows long enough for the split twins (which find the exact maximum in parallel pieces), take
+    the exact maximum: a row's result never depends on the thread count. Target logits are read
+    after each row's maximum or pass, while the row is in cache, and before it is overwritten.
+    """
+    nr, nc = x.shape
+    if nc < VECTOR_CHUNK or nc >= 2 * SEGMENT:
+        m = row_max(x)
+        xy = gather(x, y)  # after the maximum, which brought the block into cache; before e is written
+        return xy, m, exp_sum(x, m, e)
+    xy = np.empty(nr)
+    m = np.empty(nr)
+    s = np.empty(nr)
+    pad = np.empty(VECTOR_CHUNK, x.dtype)
+    if _same(x, e):
+        for r in range(nr):
+            xr = x[r]
+            mr = _in_place_shift(xr, _max1(xr), pad)
+            xy[r] = xr[y[r]]
+            m[r] = mr
+            s[r] = _exp_sum1(xr, mr, xr, pad)
+        return xy, m, s
+    for r in range(nr):
+        m[r], s[r] = _shift_exp_sum1(x[r], e[r] if e.size else _no_row(e), pad)
+        xy[r] = x[r, y[r]]
+    return xy, m, s
+
+
+@_prim
 def dot(x, t, w, m):
     """``sum_j t_rj w_j (x_rj - m_r)`` per row (empty ``t`` or ``w``: ones)."""
     nr, nc = x.shape
@@ -580,6 +671,14 @@ def _exp_sum_split(x, m, e):
     return _combine(part, nr, ns)
 
 
+@_prim
+def _softmax_pass_split(x, y, e):
+    # rows this long take the exact passes in the serial primitive too: the same bits
+    m = _row_max_split(x)
+    xy = gather(x, y)
+    return xy, m, _exp_sum_split(x, m, e)
+
+
 @_split
 def _dot_split(x, t, w, m):
     nr, nc = x.shape
@@ -680,6 +779,7 @@ def _cap_scale_add_split(g, x, m, c, a, t, b, w, cap):
 PRIMITIVES = {
     "row_max": (row_max, _row_max_split),
     "exp_sum": (exp_sum, _exp_sum_split),
+    "softmax_pass": (softmax_pass, _softmax_pass_split),
     "gather": (gather, gather),
     "dot": (dot, _dot_split),
     "row_sum": (row_sum, _row_sum_split),

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+from .._compile import njit
+from .._config import FASTMATH
+
 # mathfn's pow (not ``**``): a libm call per element would keep the driver loop scalar
 from .._kernels.mathfn import pow, sigmoid, softplus
 from .._registry import register
@@ -47,14 +50,24 @@ binary_cross_entropy = register(LossSpec(
 ))
 
 
-def _sigmoid_focal(pred, target, alpha, gamma):
+# Pieces shared by the focal kernels, inlined into them (the Python wrapper stays: the CUDA
+# simulator runs kernels as Python and calls these from there).
+_piece = njit(cache=False, error_model="numpy", fastmath=set(FASTMATH), forceinline=True, no_cfunc_wrapper=True)
+
+
+@_piece
+def _focal_base(pred, target):
+    """``p = sigmoid(x)``, the cross entropy, ``m = 1 - p_t`` and ``dm / dx``."""
     p = sigmoid(pred)
     ce = target * softplus(-pred) + (1.0 - target) * softplus(pred)
-    m = p + target - 2.0 * p * target  # 1 - p_t
-    mg = pow(m, gamma)
-    dm = p * (1.0 - p) * (1.0 - 2.0 * target)  # d m / dx
-    # m^(gamma - 1) as m^gamma / m (m > 0 here): one pow per element instead of two
-    dmg = gamma * (mg / m) * dm if (gamma != 0.0 and m > 0.0) else 0.0
+    m = p + target - 2.0 * p * target
+    dm = p * (1.0 - p) * (1.0 - 2.0 * target)
+    return p, ce, m, dm
+
+
+@_piece
+def _focal_finish(p, target, ce, mg, dmg, alpha):
+    """Value and gradient from ``mg = m^gamma`` and ``dmg = d(m^gamma)/dx``, alpha-weighted."""
     value = ce * mg
     grad = (p - target) * mg + ce * dmg
     if alpha >= 0.0:
@@ -64,11 +77,26 @@ def _sigmoid_focal(pred, target, alpha, gamma):
     return value, grad
 
 
+def _sigmoid_focal(pred, target, alpha, gamma):
+    p, ce, m, dm = _focal_base(pred, target)
+    mg = pow(m, gamma)
+    # m^(gamma - 1) as m^gamma / m (m > 0 here): one pow per element instead of two
+    dmg = gamma * (mg / m) * dm if (gamma != 0.0 and m > 0.0) else 0.0
+    return _focal_finish(p, target, ce, mg, dmg, alpha)
+
+
+def _sigmoid_focal_gamma2(pred, target, alpha, gamma):
+    # gamma = 2, the default and the paper's choice: m^2 exactly, and no pow to compile or to run
+    p, ce, m, dm = _focal_base(pred, target)
+    return _focal_finish(p, target, ce, m * m, 2.0 * m * dm, alpha)
+
+
 sigmoid_focal = register(LossSpec(
     name="sigmoid_focal",
     kind="pointwise",
     kernel=_sigmoid_focal,
     inputs=(LOGITS, PROB_TARGET),
+    options={"kernel_for": lambda params: _sigmoid_focal_gamma2 if params["gamma"] == 2.0 else _sigmoid_focal},
     params=(
         Param("alpha", 0.25, "Weight of positives (negative: no weighting)", Interval(-math.inf, 1.0), special=(-1.0,)),
         Param("gamma", 2.0, "Focusing exponent", Interval(0.0, math.inf), special=(0.0, 0.5)),

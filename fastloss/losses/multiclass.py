@@ -83,12 +83,18 @@ def _options(targets=("index",), ignore_index=True, class_weight=True, mean="wei
 
 
 def _log_p_target(x, y, w, g):
-    """``log p_y``, the row sums ``s``, the class weight ``w_y`` and the row maximum ``m`` per row;
-    ``g <- exp(x - m)`` when ``g`` is not empty."""
+    """``log p_y``, the row sums ``s``, the class weight ``w_y`` and the shift ``m`` per row;
+    ``g <- exp(x - m)`` when ``g`` is not empty.
+
+    ``m`` is the row maximum or, on the CPU, a close estimate of it that lets most rows be read
+    once (``R.softmax_pass``): all the kernels need is ``lse = m + log s``.
+    """
+    xy, m, s = R.softmax_pass(x, y, g)
+    return _log_p_rows(x, y, w, xy, m, s)
+
+
+def _log_p_rows(x, y, w, xy, m, s):
     nr = x.shape[0]
-    m = R.row_max(x)
-    xy = R.gather(x, y)  # after the maximum, which brought the block into cache; before g is written
-    s = R.exp_sum(x, m, g)
     logp = np.empty(nr)
     for r in range(nr):
         # <= 0 in exact arithmetic; rounding of the sum must not make 1 - p_y negative
