@@ -309,3 +309,22 @@ def test_loops_calling_them_are_vectorised():
         libm = ("@exp(", "@log(", "@log1p(", "@expm1(", "@tanh(", "@pow(", "@llvm.exp.", "@llvm.pow.", "@llvm.log.")
         for name in libm:
             assert name not in ir, f"{fn.__name__} calls {name}"
+
+
+@numba.njit(**_config.jit_options(False))
+def _apply_softplus_sigmoid(x, out):
+    for i in range(x.size):
+        out[0, i], out[1, i], out[2, i] = mathfn.softplus_sigmoid(x[i])
+
+
+def test_softplus_sigmoid_is_the_three_functions_bit_for_bit():
+    rng = np.random.default_rng(8)
+    x = np.concatenate([rng.standard_normal(20_000) * 30, np.linspace(-800, 800, 4001),
+                        [0.0, -0.0, np.inf, -np.inf, np.nan, 5e-324, -5e-324, 1e300, -1e300]])
+    out = np.empty((3, x.size))
+    _apply_softplus_sigmoid(x, out)
+    ref = unary(x)
+    neg = unary(-x)
+    np.testing.assert_array_equal(out[0], ref["softplus"])
+    np.testing.assert_array_equal(out[1], neg["softplus"])
+    np.testing.assert_array_equal(out[2], ref["sigmoid"])

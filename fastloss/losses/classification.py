@@ -8,7 +8,7 @@ from .._compile import njit
 from .._config import FASTMATH
 
 # mathfn's pow (not ``**``): a libm call per element would keep the driver loop scalar
-from .._kernels.mathfn import pow, sigmoid, softplus
+from .._kernels.mathfn import pow, softplus_sigmoid
 from .._registry import register
 from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
 
@@ -19,8 +19,8 @@ SIGN_TARGET = Input("target", "Labels in {-1, +1} (``0`` is read as -1).", Discr
 
 def _bce(pred, target, pos_weight):
     # pos_weight * y * softplus(-x) + (1 - y) * softplus(x): stable for any logit
-    p = sigmoid(pred)
-    value = pos_weight * target * softplus(-pred) + (1.0 - target) * softplus(pred)
+    sp, spn, p = softplus_sigmoid(pred)
+    value = pos_weight * target * spn + (1.0 - target) * sp
     grad = (1.0 - target) * p - pos_weight * target * (1.0 - p)
     return value, grad
 
@@ -58,8 +58,8 @@ _piece = njit(cache=False, error_model="numpy", fastmath=set(FASTMATH), forceinl
 @_piece
 def _focal_base(pred, target):
     """``p = sigmoid(x)``, the cross entropy, ``m = 1 - p_t`` and ``dm / dx``."""
-    p = sigmoid(pred)
-    ce = target * softplus(-pred) + (1.0 - target) * softplus(pred)
+    sp, spn, p = softplus_sigmoid(pred)
+    ce = target * spn + (1.0 - target) * sp
     m = p + target - 2.0 * p * target
     dm = p * (1.0 - p) * (1.0 - 2.0 * target)
     return p, ce, m, dm

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._kernels.mathfn import sigmoid, softplus
+from .._kernels.mathfn import softplus_sigmoid
 from .._registry import register
 from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
 
@@ -59,8 +59,8 @@ margin_ranking = register(LossSpec(
 def _bpr(pos, neg):
     # -log sigmoid(d) = softplus(-d): no overflow for any score difference
     d = pos - neg
-    s = sigmoid(-d)
-    return softplus(-d), -s, s
+    sp, _, s = softplus_sigmoid(-d)
+    return sp, -s, s
 
 
 bpr = register(LossSpec(
