@@ -811,3 +811,25 @@ def test_one_pass_softmax_nan_and_inf_rows(dtype):
     per_row2, _ = fl.cross_entropy.value_and_grad(inplace, y, reduction="none", out=inplace)
     np.testing.assert_array_equal(per_row2, per_row)
     np.testing.assert_array_equal(inplace, g)
+
+
+@pytest.mark.parametrize("name", ROWWISE)
+@pytest.mark.parametrize("c", [5, 100])  # below and above the one-pass softmax's first chunk
+def test_read_only_inputs_give_the_same_answer(name, c):
+    """Read-only logits and targets (memory maps, JAX buffers) compile and give the same bits."""
+    rng = np.random.default_rng(41)
+    for form, _, _ in combos(name):
+        x, t = make(rng, 9, c, form)
+        for dtype in (np.float32, np.float64):
+            xd = x.astype(dtype)
+            v0, g0 = fl.get(name).value_and_grad(xd, t)
+            xr, tr = xd.copy(), t.copy()
+            xr.flags.writeable = False
+            tr.flags.writeable = False
+            v1, g1 = fl.get(name).value_and_grad(xr, tr)
+            # read-only arrays are their own Numba type, so their own compiled driver: it may have been
+            # compiled in this process while the other was loaded from the disk cache, and the two may
+            # contract a multiply-add differently (a last-bit difference, noticed before and left open)
+            eps = np.finfo(dtype).eps
+            assert v1 == pytest.approx(v0, rel=4 * eps, abs=0)
+            np.testing.assert_allclose(g1, g0, rtol=4 * eps, atol=0)

@@ -261,7 +261,7 @@ def _in_place_shift(x, mx, pad):
         return m
     if d > 64.0 or d != d:
         return mx
-    return m if _exp_sum1(x, m, _no_row(x), pad) < SHIFT_SUM_LIMIT else mx
+    return m if _exp_sum1(x, m, pad[:0], pad) < SHIFT_SUM_LIMIT else mx  # (pad: a writable type, as e must be)
 
 
 @_prim
@@ -509,7 +509,7 @@ def softmax_pass(x, y, e):
             mr = _in_place_shift(xr, _max1(xr), pad)
             xy[r] = xr[y[r]]
             m[r] = mr
-            s[r] = _exp_sum1(xr, mr, xr, pad)
+            s[r] = _exp_sum1(xr, mr, e[r], pad)  # e[r], not xr: x may be typed read-only (it is e here)
         return xy, m, s
     for r in range(nr):
         m[r], s[r] = _shift_exp_sum1(x[r], e[r] if e.size else _no_row(e), pad)
