@@ -37,6 +37,7 @@ Pointwise losses keep the float64 functions: see ``docs/numerics.md`` for why.
 from __future__ import annotations
 
 import numpy as np
+from numba.core import config as numba_config
 from numba.core import types
 from numba.extending import intrinsic
 
@@ -56,9 +57,11 @@ __all__ = [
     "tanh",
 ]
 
-# no C-callable wrapper (never used; compiling it costs time on every cold start), but the CPython
-# wrapper stays: the CUDA simulator runs device code as Python and calls these functions from it
-_fn = njit(cache=False, error_model="numpy", fastmath={"contract"}, forceinline=True, no_cfunc_wrapper=True)
+# No C-callable wrapper and no CPython wrapper (never used: these are inlined into compiled kernels;
+# each wrapper is code compiled on every cold start), except under the CUDA simulator, which runs
+# device code as Python and calls these functions from it.
+_fn = njit(cache=False, error_model="numpy", fastmath={"contract"}, forceinline=True, no_cfunc_wrapper=True,
+           no_cpython_wrapper=not numba_config.ENABLE_CUDASIM)
 
 INV_LN2 = 1.4426950408889634
 # ln 2 = LN2_HI + LN2_LO; LN2_HI has 32 significant bits, so k * LN2_HI is exact for |k| < 2^21

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from numba.core import config as numba_config
+
 from .._compile import njit
 from .._config import FASTMATH
 
@@ -50,9 +52,10 @@ binary_cross_entropy = register(LossSpec(
 ))
 
 
-# Pieces shared by the focal kernels, inlined into them (the Python wrapper stays: the CUDA
-# simulator runs kernels as Python and calls these from there).
-_piece = njit(cache=False, error_model="numpy", fastmath=set(FASTMATH), forceinline=True, no_cfunc_wrapper=True)
+# Pieces shared by the focal kernels, inlined into them: no wrappers, except the Python one under the
+# CUDA simulator, which runs kernels as Python and calls these from there.
+_piece = njit(cache=False, error_model="numpy", fastmath=set(FASTMATH), forceinline=True, no_cfunc_wrapper=True,
+              no_cpython_wrapper=not numba_config.ENABLE_CUDASIM)
 
 
 @_piece
