@@ -830,6 +830,6 @@ def test_read_only_inputs_give_the_same_answer(name, c):
             # read-only arrays are their own Numba type, so their own compiled driver: it may have been
             # compiled in this process while the other was loaded from the disk cache, and the two may
             # contract a multiply-add differently (a last-bit difference, noticed before and left open)
-            eps = np.finfo(dtype).eps
+            eps = float(np.finfo(dtype).eps)
             assert v1 == pytest.approx(v0, rel=4 * eps, abs=0)
             np.testing.assert_allclose(g1, g0, rtol=4 * eps, atol=0)
