@@ -833,3 +833,22 @@ def test_read_only_inputs_give_the_same_answer(name, c):
             eps = float(np.finfo(dtype).eps)
             assert v1 == pytest.approx(v0, rel=4 * eps, abs=0)
             np.testing.assert_allclose(g1, g0, rtol=4 * eps, atol=0)
+
+
+def test_tiny_gradient_factors_are_not_rounded_away_in_float32():
+    """A row kept on its one-pass shift may have a sum near e^63: with tiny class weights its gradient
+    factor ``w_y / s`` is below float32's range while the gradient itself is not."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((4, 200)).astype(np.float32)
+    x[:, 64:] += x[:, :64].max(axis=1, keepdims=True) + 56.0  # kept shift: the sum is ~136 e^56 < e^63
+    y = np.array([100, 3, 150, 7])
+    w = np.full(200, 1e-20)
+    _, g = fl.cross_entropy.value_and_grad(x, y, weight=w, reduction="sum")
+    x64 = x.astype(np.float64)
+    p = np.exp(x64 - x64.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(4), y] -= 1.0
+    want = 1e-20 * p
+    big = np.abs(want) > 1e-30  # well inside float32's normal range
+    assert big.sum() > 100
+    np.testing.assert_allclose(g[big], want[big], rtol=1e-5)
