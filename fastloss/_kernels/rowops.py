@@ -74,7 +74,8 @@ _split = njit(cache=False, parallel=True, **_opts)
 
 # -- the exponential of a shifted logit, at the precision of the data ----------------------------
 #
-# Every exponential here is exp(x - m) with m the row maximum, so its argument is <= 0 (or NaN).
+# Every exponential here is exp(x - m) with m the row maximum, or an element of the row close below
+# it (softmax_pass), so its argument is at most a few dozen (or NaN).
 # For float64 data that is mathfn.exp. For float32 data a float32-lane version: mathfn's float32
 # variant computes in float64 lanes (8 per AVX-512 vector), this one in float32 lanes (16), which
 # doubles the throughput of the pass that bounds softmax speed. It is written to be short, as it
@@ -83,7 +84,7 @@ _split = njit(cache=False, parallel=True, **_opts)
 # (and -inf gives 0); between -87.68 and -87.34 results are subnormal, computed by gradual
 # underflow. NaN passes through the clamp (max keeps a NaN first operand) and the arithmetic.
 # Arguments above 64 are clamped to 64 (e^64): :func:`softmax_pass` shifts by an estimate of the
-# row maximum and recognises a row that needs the exact one by a sum of at least e^64.
+# row maximum and recognises a row that needs the exact one by a sum of at least SHIFT_SUM_LIMIT.
 
 _F32 = np.float32
 _CLAMP = _F32(-88.0)
@@ -123,11 +124,12 @@ def exp_shifted_f32(d):
 
 
 def shift(v, m):
-    """``v - m`` in the precision of the element ``v`` (``m``, a row maximum, is exact in it)."""
+    """``v - m`` in the precision of the element ``v`` (``m``, a row maximum or another element of
+    the row, is exact in it)."""
 
 
 def exp_shift(v, m):
-    """``exp(v - m)`` for an element ``v`` of a row whose maximum is ``m`` (float64 ``m``)."""
+    """``exp(v - m)`` for an element ``v`` of a row shifted by ``m`` (float64 ``m``)."""
 
 
 @overload(shift, inline="always")
