@@ -183,6 +183,17 @@ def specialise(
     return njit(func, cache=cache, **_config.jit_options(parallel))
 
 
+def inline_helper(fastmath) -> Callable:
+    """The ``njit`` decorator for a helper that compiled kernels call and always inline.
+
+    No C wrapper and no CPython wrapper (each is code compiled on every cold start for nothing),
+    except that the CUDA simulator runs device code as Python and calls such helpers from it: under
+    ``NUMBA_ENABLE_CUDASIM=1`` the CPython wrapper stays.
+    """
+    return njit(cache=False, error_model="numpy", fastmath=fastmath, forceinline=True, no_cfunc_wrapper=True,
+                no_cpython_wrapper=not numba.core.config.ENABLE_CUDASIM)
+
+
 def scalar_kernel(func: Callable):
     """Compile a loss's scalar ``loss_grad`` function for inlining into drivers."""
     if isinstance(func, numba.core.registry.CPUDispatcher):

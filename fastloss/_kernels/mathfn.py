@@ -37,11 +37,10 @@ Pointwise losses keep the float64 functions: see ``docs/numerics.md`` for why.
 from __future__ import annotations
 
 import numpy as np
-from numba.core import config as numba_config
 from numba.core import types
 from numba.extending import intrinsic
 
-from .._compile import njit
+from .._compile import inline_helper
 
 __all__ = [
     "exp",
@@ -57,11 +56,8 @@ __all__ = [
     "tanh",
 ]
 
-# No C-callable wrapper and no CPython wrapper (never used: these are inlined into compiled kernels;
-# each wrapper is code compiled on every cold start), except under the CUDA simulator, which runs
-# device code as Python and calls these functions from it.
-_fn = njit(cache=False, error_model="numpy", fastmath={"contract"}, forceinline=True, no_cfunc_wrapper=True,
-           no_cpython_wrapper=not numba_config.ENABLE_CUDASIM)
+# only ever inlined into compiled kernels; the contract flag only (see the module docstring)
+_fn = inline_helper({"contract"})
 
 INV_LN2 = 1.4426950408889634
 # ln 2 = LN2_HI + LN2_LO; LN2_HI has 32 significant bits, so k * LN2_HI is exact for |k| < 2^21

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 
-from numba.core import config as numba_config
-
-from .._compile import njit
+from .._compile import inline_helper
 from .._config import FASTMATH
 
 # mathfn's pow (not ``**``): a libm call per element would keep the driver loop scalar
@@ -52,10 +50,8 @@ binary_cross_entropy = register(LossSpec(
 ))
 
 
-# Pieces shared by the focal kernels, inlined into them: no wrappers, except the Python one under the
-# CUDA simulator, which runs kernels as Python and calls these from there.
-_piece = njit(cache=False, error_model="numpy", fastmath=set(FASTMATH), forceinline=True, no_cfunc_wrapper=True,
-              no_cpython_wrapper=not numba_config.ENABLE_CUDASIM)
+# pieces shared by the focal kernels, inlined into them
+_piece = inline_helper(set(FASTMATH))
 
 
 @_piece

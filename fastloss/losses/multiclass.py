@@ -89,12 +89,8 @@ def _log_p_target(x, y, w, g):
     ``m`` is the row maximum or, on the CPU, a close estimate of it that lets most rows be read
     once (``R.softmax_pass``): all the kernels need is ``lse = m + log s``.
     """
-    xy, m, s = R.softmax_pass(x, y, g)
-    return _log_p_rows(x, y, w, xy, m, s)
-
-
-def _log_p_rows(x, y, w, xy, m, s):
     nr = x.shape[0]
+    xy, m, s = R.softmax_pass(x, y, g)
     logp = np.empty(nr)
     for r in range(nr):
         # <= 0 in exact arithmetic; rounding of the sum must not make 1 - p_y negative
