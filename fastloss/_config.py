@@ -22,6 +22,17 @@ ROW_BLOCK = 32768
 #: microseconds, more than the whole computation on small inputs.
 PARALLEL_THRESHOLD = 65536
 
+#: The pointwise kind hands pieces of a parallel call to a pool of Python threads
+#: (:mod:`fastloss._launcher`); waking a worker costs tens of microseconds, so whether a call is
+#: worth it depends on the loss: below ``POINTWISE_SERIAL_BELOW`` elements a call is always
+#: serial, from ``POINTWISE_PARALLEL_FROM`` always parallel, and in between parallel when the
+#: loss's measured serial speed predicts at least ``POINTWISE_PARALLEL_MIN_SECONDS`` of work
+#: (exp/log losses from ~40 000 elements, memory-bound ones not before the upper bound).
+#: Results are the same bits either way (tested), so the choice only affects speed.
+POINTWISE_SERIAL_BELOW = 32768
+POINTWISE_PARALLEL_FROM = 524288
+POINTWISE_PARALLEL_MIN_SECONDS = 150e-6
+
 #: LLVM fast-math flags. Deliberately not ``fastmath=True``: that implies "no NaN / no Inf",
 #: which would break NaN propagation and ``isnan`` checks inside kernels.
 FASTMATH = frozenset({"reassoc", "contract", "arcp", "nsz"})

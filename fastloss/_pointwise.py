@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from typing import Any
 
 import numpy as np
 
-from . import _buffers, _config, _stats, _threading
+from . import _buffers, _config, _launcher, _stats
 from ._compile import scalar_kernel, specialise
 from ._kernels import pointwise_cpu, tuples
 from ._kinds import register_kind
@@ -22,7 +23,7 @@ from ._validate import (
     compute_dtype,
 )
 
-_compile_lock = threading.RLock()  # a parallel driver builds its serial twin first
+_compile_lock = threading.Lock()
 
 #: What a driver binds for its gradient statistics: statistics are compiled only when asked for.
 _STATS_FN = {False: tuples.no_stats, True: tuples.chunk_stats}
@@ -58,6 +59,43 @@ def scale_for(reduction: str, n: int, wsum: float | None) -> float:
 
 _EMPTY = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
 _NO_STATS = _stats.empty_partials(0)
+_NO_PARTIALS = np.empty(0, np.float64)
+
+
+#: Fastest serial time per element seen for each driver, in seconds (see ``run_driver``).
+_serial_cost: dict[Any, float] = {}
+
+
+def run_driver(drv, args: tuple, n: int) -> float:
+    """Call a compiled chunk function over all chunks of ``n`` elements; the float64 sum of losses.
+
+    A call runs serially on the calling thread, or on several threads (:mod:`fastloss._launcher`)
+    when it is large enough to repay waking them: from ``POINTWISE_PARALLEL_FROM`` elements, or
+    from ``POINTWISE_SERIAL_BELOW`` when this driver's serial calls of that size took long enough
+    per element (a memory-bound loss is ten times cheaper per element than an exp/log one).
+    Parallel calls always run the same way, whatever the thread count: each chunk's sum lands in a
+    partials row that is then added in chunk order (``np.add.accumulate`` is a sequential sum), the
+    order in which the serial path adds them, so the result is the same bits on either path.
+    """
+    nch = (n + pointwise_cpu.CHUNK - 1) // pointwise_cpu.CHUNK
+    if n < _config.POINTWISE_PARALLEL_FROM:
+        if n < _config.POINTWISE_SERIAL_BELOW:
+            return drv(*args, _NO_PARTIALS, 0, nch)
+        cost = _serial_cost.get(drv)
+        if cost is None or n * cost < _config.POINTWISE_PARALLEL_MIN_SECONDS:
+            compiled = len(drv.overloads)
+            start = time.perf_counter()
+            total = drv(*args, _NO_PARTIALS, 0, nch)
+            per_element = (time.perf_counter() - start) / n
+            # a call that compiled (or loaded from the disk cache) says nothing about speed
+            if (cost is None or per_element < cost) and len(drv.overloads) == compiled:
+                _serial_cost[drv] = per_element
+            return total
+    threads = _launcher.num_threads()
+    partials = np.empty(nch, dtype=np.float64)
+    _launcher.run_ranges(drv, (*args, partials), _launcher.pieces(nch, threads), threads)
+    # + 0.0: the serial sum starts from 0.0 and so is never -0.0; an accumulation can be
+    return float(np.add.accumulate(partials, out=partials)[-1]) + 0.0
 
 
 def _empty(dtype: np.dtype) -> np.ndarray:
@@ -104,40 +142,34 @@ class PointwiseKind:
     name = "pointwise"
 
     def __init__(self) -> None:
-        self._drivers: dict[tuple[Any, bool], Any] = {}
+        self._drivers: dict[tuple[Any, bool, bool], Any] = {}
         self._layouts: dict[int, _Layout] = {}
 
     def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
         return ()
 
-    def driver(self, spec: LossSpec, parallel: bool, stats: bool = False, kernel=None, staged: bool = False):
-        """A compiled driver of ``spec``.
+    def driver(self, spec: LossSpec, stats: bool = False, kernel=None, staged: bool = False):
+        """The compiled :func:`~fastloss._kernels.pointwise_cpu.pointwise_chunks` of ``spec``.
 
-        ``parallel=False`` gives :func:`~fastloss._kernels.pointwise_cpu.pointwise_chunks` (called
-        with the chunk range), ``parallel=True`` the ``prange`` driver, which calls the former.
-        ``stats``: with gradient statistics; ``kernel``: the scalar kernel to compile (default
-        ``spec.kernel``; see ``kernel_for``); ``staged``: for calls whose gradient buffer is also
-        an input (in place).
+        One function serves serial and parallel calls (see :func:`run_driver`). ``stats``: with
+        gradient statistics; ``kernel``: the scalar kernel to compile (default ``spec.kernel``; see
+        ``kernel_for``); ``staged``: for calls whose gradient buffer is also an input (in place).
         """
         kernel = spec.kernel if kernel is None else kernel
-        key = (kernel, parallel, stats, staged)  # not the name: custom losses may share one (or redefine it)
+        key = (kernel, stats, staged)  # not the name: custom losses may share one (or redefine it)
         drv = self._drivers.get(key)
         if drv is None:
             with _compile_lock:
                 drv = self._drivers.get(key)
                 if drv is None:
-                    drv = self._drivers[key] = self._specialise(spec, kernel, parallel, stats, staged)
+                    drv = self._drivers[key] = self._specialise(spec, kernel, stats, staged)
         return drv
 
-    def _specialise(self, spec: LossSpec, kernel, parallel: bool, stats: bool, staged: bool):
+    def _specialise(self, spec: LossSpec, kernel, stats: bool, staged: bool):
         cache = spec.options.get("cache", True)
         # what is bound is part of the identity (and so of the cache key) of a specialisation
         stage = _STAGE_FNS[staged]
         hashed = (kernel, _STATS_FN[stats], *stage)
-        if parallel:
-            chunks = self.driver(spec, False, stats, kernel, staged)
-            return specialise(pointwise_cpu.pointwise_driver, spec.name, {"_chunks": chunks},
-                              parallel=True, hashed=hashed, cache=cache)
         bindings = {"_loss_kernel": scalar_kernel(kernel), "_chunk_stats": _STATS_FN[stats],
                     "_stage_buffers": stage[0], "_stage_block": stage[1]}
         return specialise(pointwise_cpu.pointwise_chunks, spec.name, bindings,
@@ -174,10 +206,9 @@ class PointwiseKind:
         name = spec.name
         flags = pointwise_cpu.NEED_GRAD if need_grad else 0
         no_grads = {dt: (e,) * ndiff for dt, e in _EMPTY.items()}
-        drivers = {}  # serial driver by kernel (the parallel one is looked up: its call dwarfs that)
+        drivers = {}  # driver by kernel (in-place calls look theirs up: rare)
         config = _config
         chunk = pointwise_cpu.CHUNK
-        guard = _threading.guard
         cached_empty = _buffers.empty
         min_cached = _buffers.MIN_BYTES
         slow = NotImplemented
@@ -265,17 +296,16 @@ class PointwiseKind:
                     gl.append(o if flat else o.reshape(-1))
                 gs = tuple(gl)
             scale = 1.0 / n if reduction == "mean" else 1.0
-            if n < config.PARALLEL_THRESHOLD:
-                drv = drivers.get(kernel) if not staged else None
-                if drv is None:
-                    drv = self.driver(spec, False, False, kernel, staged)
-                    if not staged:
-                        drivers[kernel] = drv
-                total = drv(xs, empty, gs, empty, kparams, scale, flags, _NO_STATS, 0, (n + chunk - 1) // chunk)
+            drv = drivers.get(kernel) if not staged else None
+            if drv is None:
+                drv = self.driver(spec, False, kernel, staged)
+                if not staged:
+                    drivers[kernel] = drv
+            if n < config.POINTWISE_SERIAL_BELOW:
+                total = drv(xs, empty, gs, empty, kparams, scale, flags, _NO_STATS, _NO_PARTIALS, 0,
+                            (n + chunk - 1) // chunk)
             else:
-                drv = self.driver(spec, True, False, kernel, staged)
-                with guard():
-                    total = drv(xs, empty, gs, empty, kparams, scale, flags, _NO_STATS)
+                total = run_driver(drv, (xs, empty, gs, empty, kparams, scale, flags, _NO_STATS), n)
             value = dtype.type(total * scale if reduction == "mean" else total)
             if not need_grad:
                 return value
@@ -343,14 +373,8 @@ class PointwiseKind:
         staged = out is not None and need_grad and any(np.may_share_memory(g, x) for g in gs for x in xs)
         total = 0.0
         if n:
-            parallel = n >= _config.PARALLEL_THRESHOLD
-            drv = self.driver(spec, parallel, stats, layout.kernel(params), staged)
-            kparams = spec.kernel_params(params)
-            if parallel:
-                with _threading.guard():
-                    total = drv(xs, w, gs, loss_out, kparams, scale, flags, stat_rows)
-            else:
-                total = drv(xs, w, gs, loss_out, kparams, scale, flags, stat_rows, 0, pointwise_cpu.nchunks(n))
+            drv = self.driver(spec, stats, layout.kernel(params), staged)
+            total = run_driver(drv, (xs, w, gs, loss_out, spec.kernel_params(params), scale, flags, stat_rows), n)
 
         value = None
         if need_value:

@@ -94,7 +94,9 @@ def test_weights_broadcasting_dtypes_and_out(data):
     np.testing.assert_array_equal(t_copy, t)
 
 
-def test_same_driver_as_built_ins():
+def test_same_driver_as_built_ins(pointwise_path):
+    pointwise_path("parallel")
+
     @fl.pointwise
     def my_mse(pred, target):
         d = pred - target
@@ -102,7 +104,7 @@ def test_same_driver_as_built_ins():
 
     rng = np.random.default_rng(2)
     for dtype in (np.float32, np.float64):
-        p = rng.normal(size=100_003).astype(dtype)  # above the parallel threshold
+        p = rng.normal(size=100_003).astype(dtype)
         t = rng.normal(size=100_003).astype(dtype)
         w = rng.uniform(size=100_003).astype(dtype)
         for reduction in ("mean", "sum", "none"):
@@ -116,12 +118,12 @@ def test_same_driver_as_built_ins():
             np.testing.assert_allclose([a[2].norm, a[2].max_abs], [b[2].norm, b[2].max_abs], rtol=1e-14)
     # one driver template for both: the custom loss binds its kernel into the built-ins' code
     kind = fl._pointwise.POINTWISE
-    for parallel in (False, True):
-        ours, builtin = kind.driver(my_mse.spec, parallel), kind.driver(fl.mse.spec, parallel)
-        assert ours is not builtin and ours.py_func.__code__ is builtin.py_func.__code__
+    ours, builtin = kind.driver(my_mse.spec), kind.driver(fl.mse.spec)
+    assert ours is not builtin and ours.py_func.__code__ is builtin.py_func.__code__
 
 
-def test_bit_identical_for_any_thread_count():
+def test_bit_identical_for_any_thread_count(pointwise_path):
+    pointwise_path("parallel")
     rng = np.random.default_rng(3)
     p, t = rng.normal(size=300_001).astype(np.float32), rng.normal(size=300_001).astype(np.float32)
     results = []
@@ -370,7 +372,7 @@ import numpy as np
 import fastloss as fl
 from userlosses import row_square, scaled_cosh
 v = scaled_cosh(np.linspace(-1, 1, 101), 0.0, reduction="sum")
-drv = fl._pointwise.POINTWISE.driver(scaled_cosh.spec, False)
+drv = fl._pointwise.POINTWISE.driver(scaled_cosh.spec)
 r = row_square(np.eye(3), np.array([0, 1, 1]), reduction="sum")
 row_drv = fl._rowwise.ROWWISE.driver(row_square.spec, "ser")
 again = pickle.loads(pickle.dumps(scaled_cosh))

@@ -83,11 +83,12 @@ def test_float32_close_to_float64_reference(name):
 
 
 @pytest.mark.parametrize("name", POINTWISE)
-def test_large_parallel_path_matches_serial_path(name):
-    """Inputs above the parallel threshold go through the prange driver: same answers."""
+def test_parallel_path_matches_the_reference(name, pointwise_path):
+    """Calls on the parallel path (pieces of the chunk range on several threads): same answers."""
+    pointwise_path("parallel")
     loss = fl.get(name)
     rng = np.random.default_rng(3)
-    n = fl._config.PARALLEL_THRESHOLD * 2 + 123
+    n = 2 * 65536 + 123
     inputs = pointwise_inputs(loss.spec, (n,), rng)
     v, g = loss.value_and_grad(*inputs)
     want_v, want_g = reduced_reference(name, inputs, defaults(loss.spec), "mean")
@@ -103,3 +104,32 @@ def test_mean_of_5e7_float32_values_is_accurate():
     exact = np.mean((pred.astype(np.float64) - 0.25) ** 2)
     got = fl.mse(pred, target)
     assert abs(float(got) - exact) / exact < 1e-6
+
+
+@pytest.mark.parametrize("name", POINTWISE)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_serial_and_parallel_paths_give_the_same_bits(name, dtype, pointwise_path):
+    """The kind picks a path by size and measured speed, so both must return exactly the same results."""
+    loss = fl.get(name)
+    rng = np.random.default_rng(11)
+    n = 37 * 4096 + 1001  # many chunks, a ragged last one
+    inputs = pointwise_inputs(loss.spec, (n,), rng)
+    # chunk sums of very different sizes: the order in which they are added shows in the last bits
+    inputs[0] = inputs[0] * np.repeat(10.0 ** rng.integers(-3, 1, n // 4096 + 1), 4096)[:n]
+    inputs = [x.astype(dtype) for x in inputs]
+    weight = rng.uniform(0.0, 2.0, n).astype(dtype)
+    with_nan = [x.copy() for x in inputs]
+    with_nan[0][::977] = np.nan  # a non-finite gradient here and there, for the statistics
+    results = {}
+    for path in ("serial", "parallel"):
+        pointwise_path(path)
+        results[path] = [loss.value_and_grad(*inputs, reduction=r, weight=w, stats=True)
+                         for r in ("mean", "sum", "none") for w in (None, weight)]
+        results[path].append(loss.value_and_grad(*with_nan, reduction="sum", stats=True))
+    assert np.isfinite(results["serial"][0][0])  # (a NaN value would hide any difference)
+    for (v1, g1, s1), (v2, g2, s2) in zip(results["serial"], results["parallel"]):
+        assert np.asarray(v1).tobytes() == np.asarray(v2).tobytes()
+        for a, b in zip(as_tuple(g1), as_tuple(g2)):
+            assert a.tobytes() == b.tobytes()
+        assert s1.nonfinite == s2.nonfinite and np.array([s1.norm, s1.max_abs]).tobytes() == np.array(
+            [s2.norm, s2.max_abs]).tobytes()

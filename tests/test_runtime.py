@@ -11,6 +11,7 @@ import textwrap
 import threading
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 from cases import POINTWISE, pointwise_inputs
@@ -30,6 +31,7 @@ def run_python(code: str, env_extra: dict | None = None, timeout: float = 300) -
 DIGEST = """
 import hashlib, numpy as np, fastloss as fl
 from cases import pointwise_inputs
+fl._config.POINTWISE_PARALLEL_FROM = 0  # the parallel path for every size (it is the one with threads)
 out = {}
 for name in fl.names("pointwise"):
     loss = fl.get(name)
@@ -52,13 +54,14 @@ def test_results_are_bit_identical_for_any_thread_count():
 
 
 def test_threading_layer_is_safe():
-    fl.mse(np.zeros(fl._config.PARALLEL_THRESHOLD * 2), 1.0)  # start the parallel backend
+    numba.get_num_threads()  # starts Numba's parallel backend (the row-wise kinds' prange drivers use it)
     assert fl.threading_layer() in ("tbb", "workqueue")  # never OpenMP: it breaks forked children
 
 
-def test_eight_python_threads_at_once_give_the_serial_answers():
+def test_eight_python_threads_at_once_give_the_serial_answers(pointwise_path):
+    pointwise_path("parallel")  # every call hands pieces to the shared pool of workers
     rng = np.random.default_rng(3)
-    n = fl._config.PARALLEL_THRESHOLD * 4
+    n = 4 * 65536
     jobs = []
     for k, name in enumerate(POINTWISE * 2):
         loss = fl.get(name)
@@ -93,23 +96,27 @@ def test_eight_python_threads_at_once_give_the_serial_answers():
 
 
 def _child(q):
-    x = np.linspace(-3, 3, fl._config.PARALLEL_THRESHOLD * 3)
+    x = np.linspace(-3, 3, 3 * 65536)
     q.put(float(fl.huber(x, 0.5)))
+    q.put(float(fl.cross_entropy(x.reshape(-1, 64), np.arange(3 * 1024) % 64)))
 
 
-def test_forked_children_can_call_kernels():
-    x = np.linspace(-3, 3, fl._config.PARALLEL_THRESHOLD * 3)
-    want = float(fl.huber(x, 0.5))  # the parent has started the parallel backend before forking
+def test_forked_children_can_call_kernels(pointwise_path):
+    pointwise_path("parallel")  # the children inherit this
+    x = np.linspace(-3, 3, 3 * 65536)
+    # the parent has started the pointwise kind's worker pool and Numba's parallel backend (the
+    # row-wise prange driver) before forking
+    want = [float(fl.huber(x, 0.5)), float(fl.cross_entropy(x.reshape(-1, 64), np.arange(3 * 1024) % 64))]
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     procs = [ctx.Process(target=_child, args=(q,)) for _ in range(2)]
     for p in procs:
         p.start()
-    got = [q.get(timeout=120) for _ in procs]
+    got = [q.get(timeout=120) for _ in range(2 * len(procs))]
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
-    assert got == [want, want]
+    assert sorted(got) == sorted(want * 2)
 
 
 CACHE_PROBE = """
@@ -121,7 +128,7 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     v = fl.huber(np.linspace(-2, 2, 100_000), 0.0)
 t2 = time.perf_counter()
-drv = fl._pointwise.POINTWISE.driver(fl.huber.spec, True)
+drv = fl._pointwise.POINTWISE.driver(fl.huber.spec)
 print(__import__("json").dumps({"value": float(v), "hits": sum(drv.stats.cache_hits.values()),
       "misses": sum(drv.stats.cache_misses.values()), "warned": [str(w.message) for w in caught],
       "import_s": t1 - t0, "first_call_s": t2 - t1}))

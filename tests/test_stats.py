@@ -67,9 +67,10 @@ def test_empty_gradient():
     assert s == fl.GradStats(0.0, 0.0, 0)
 
 
-def test_stats_across_chunks_and_threads_are_bit_identical():
+def test_stats_across_chunks_and_threads_are_bit_identical(pointwise_path):
+    pointwise_path("parallel")
     rng = np.random.default_rng(2)
-    n = fl._config.PARALLEL_THRESHOLD * 3 + 17  # parallel driver, many chunks, a ragged last one
+    n = 3 * 65536 + 17  # many chunks, a ragged last one
     m, y, var = rng.normal(size=n), rng.normal(size=n), rng.uniform(0.5, 2.0, size=n)
     m[::1001] = np.nan
     runs = []

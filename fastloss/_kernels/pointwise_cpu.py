@@ -8,16 +8,17 @@ Two templates live here, specialised per loss by :func:`fastloss._compile.specia
   ``(value, d value/d x0, d value/d x1, ...)``; ``_chunk_stats`` to the gradient statistics sweep
   or to a no-op, ``_stage_buffers`` / ``_stage_block`` to input staging for in-place calls or to
   no-ops (statistics and staging are compiled only for calls that need them).
-* :func:`pointwise_driver` is the parallel path: one ``prange`` iteration per chunk, each calling
-  the *same* compiled chunk function, and the chunk partials summed in order. The element loop is
-  therefore typed, optimised and vectorised once per loss and dtype, and the parfor body is one
-  call (the first parallel call compiled in 0.7 s instead of 1.6 s for ``mse``).
+* The parallel path (:mod:`fastloss._launcher`) calls the *same* compiled function on pieces of
+  the chunk range from several threads (it releases the GIL), with a ``partials`` row that receives
+  each chunk's sum; the caller adds the partials in chunk order. The element loop is therefore
+  typed, optimised and vectorised once per loss and dtype, and nothing else is compiled for
+  parallel calls (a ``prange`` driver around it cost another 0.75-0.9 s of compilation).
 
 Why the loop looks the way it does:
 
 * The work is split into ``CHUNK``-sized chunks. Each chunk's loss is summed in float64 and stored
   in ``partials``; the partials are then summed serially in chunk order. The result is therefore
-  bit-identical for any number of threads (``prange`` reductions are not).
+  bit-identical for any number of threads.
 * Inside a chunk the loop runs over *slices* from index 0. Indexing the full array with
   ``range(lo, hi)`` makes Numba emit a negative-index wrap-around check that blocks LLVM's
   vectoriser (measured: 10 GB/s instead of ~35 GB/s).
@@ -28,7 +29,6 @@ Why the loop looks the way it does:
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
 from .._config import CHUNK
 from .tuples import gather, scatter, slices
@@ -51,10 +51,6 @@ def _chunk_stats(gs, row):
     raise NotImplementedError
 
 
-def _chunks(*args):
-    raise NotImplementedError
-
-
 def _stage_buffers(xs, size):
     raise NotImplementedError
 
@@ -63,11 +59,11 @@ def _stage_block(stage, xc, m):
     raise NotImplementedError
 
 
-def pointwise_chunks(xs, w, gs, loss_out, params, scale, flags, stats, c0, c1):
+def pointwise_chunks(xs, w, gs, loss_out, params, scale, flags, stats, partials, c0, c1):
     """Fused loss/gradient of chunks ``c0`` to ``c1 - 1``, in order, on the calling thread.
 
-    The serial path calls this directly for all chunks; the parallel driver calls it for one chunk
-    per ``prange`` iteration.
+    The serial path calls this directly for all chunks; the parallel path for pieces of the chunk
+    range, from several threads at once.
 
     Parameters
     ----------
@@ -87,19 +83,22 @@ def pointwise_chunks(xs, w, gs, loss_out, params, scale, flags, stats, c0, c1):
         ``NEED_GRAD | PER_ELEMENT | NEED_STATS``.
     stats : float64 array of shape ``(ceil(n / CHUNK), 3)``
         Per-chunk gradient statistics (see :mod:`fastloss._stats`), when ``flags & NEED_STATS``.
+    partials : float64 array
+        Receives each chunk's sum at its chunk index (parallel calls); empty for none.
     c0, c1 : int
         The chunks to compute.
 
     Returns
     -------
     float
-        The chunks' float64 sums of ``w_i * loss_i``, added in chunk order.
+        The chunks' float64 sums of ``w_i * loss_i``, added in chunk order (to ``0.0``).
     """
     n = xs[0].size
     weighted = w.size > 0
     need_grad = (flags & NEED_GRAD) != 0
     per_element = (flags & PER_ELEMENT) != 0
     need_stats = (flags & NEED_STATS) != 0
+    keep_partials = partials.size > 0
     # Per-element losses go through a float64 scratch row that is summed in a loop of its own:
     # that sum then vectorises the same way whether or not the main loop does (an in-place
     # gradient defeats LLVM's alias check; a value-only loop may be vectorised differently), so
@@ -146,26 +145,9 @@ def pointwise_chunks(xs, w, gs, loss_out, params, scale, flags, stats, c0, c1):
             # A second sweep over the chunk's gradients while they are still in cache: keeps the
             # main loop free of the statistics (which would block its vectorisation).
             _chunk_stats(slices(gs, lo, hi), stats[c])
+        if keep_partials:
+            partials[c] = acc
         total += acc
-    return total
-
-
-def pointwise_driver(xs, w, gs, loss_out, params, scale, flags, stats):
-    """The parallel driver: one ``prange`` iteration per chunk, partials summed in chunk order.
-
-    Arguments and result as for :func:`pointwise_chunks` over all chunks (which it calls).
-    """
-    n = xs[0].size
-    nchunks = (n + CHUNK - 1) // CHUNK
-    partials = np.empty(nchunks, dtype=np.float64)
-    for c in prange(nchunks):
-        # prange's index is unsigned: cast, so that this calls the same (int64) compiled chunk
-        # function as the serial path instead of compiling a second one
-        c0 = np.int64(c)
-        partials[c] = _chunks(xs, w, gs, loss_out, params, scale, flags, stats, c0, c0 + 1)
-    total = 0.0
-    for c in range(nchunks):
-        total += partials[c]
     return total
 
 

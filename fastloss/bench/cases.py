@@ -230,7 +230,7 @@ FACTORIES: dict[str, KindFactory] = {
     "pointwise": KindFactory(
         parse=_pointwise_parse,
         sizes=(Size((1000,)), Size((100_000,)), Size((10_000_000,))),
-        quick_sizes=(Size((1000,)), Size((100_000,))),
+        quick_sizes=(Size((1000,)), Size((1_000_000,))),  # the serial and the parallel path
         make=_pointwise_make,
     ),
     "rowwise": KindFactory(

@@ -3,8 +3,10 @@
 Each figure comes from a fresh Python process whose ``NUMBA_CACHE_DIR`` is a new, empty
 directory: the first process compiles every kernel the call needs and writes it to that cache
 ("cold"); a second process with the same directory loads the machine code instead ("warm").
-A first call is measured at each of the kind's quick sizes, so that both the serial (small
-input) and the parallel (large input) driver are compiled or loaded.
+A first call is measured at each of the kind's quick sizes, a small and a large input, so that
+every driver a call of either size needs is compiled or loaded (for the row kinds a serial and a
+``prange`` driver; the pointwise kind has one driver for both, whose large calls also start the
+pool of worker threads).
 """
 
 from __future__ import annotations

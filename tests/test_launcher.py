@@ -1,0 +1,97 @@
+"""The thread launcher behind the pointwise kind's parallel path."""
+
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastloss import _launcher
+
+
+@given(st.integers(1, 100_000), st.integers(1, 64))
+def test_pieces_cover_every_chunk_once_in_order(nchunks, threads):
+    pieces = _launcher.pieces(nchunks, threads)
+    assert pieces[0][0] == 0 and pieces[-1][1] == nchunks
+    assert all(a < b for a, b in pieces)
+    assert all(pieces[k][1] == pieces[k + 1][0] for k in range(len(pieces) - 1))
+    assert len(pieces) <= threads * _launcher.PIECES_PER_THREAD
+    if len(pieces) > 1:
+        # no thread left running one piece more than the others
+        assert len(pieces) < threads or len(pieces) % threads == 0
+        assert min(b - a for a, b in pieces) >= _launcher.MIN_PIECE_CHUNKS
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_every_piece_runs_exactly_once(threads):
+    ranges = _launcher.pieces(10_000, threads)
+    hits = np.zeros(10_000, dtype=np.int64)
+    seen = []
+
+    def fn(hits, c0, c1):
+        hits[c0:c1] += 1
+        seen.append(threading.get_ident())
+
+    _launcher.run_ranges(fn, (hits,), ranges, threads)
+    assert (hits == 1).all()
+    assert len(seen) == len(ranges)
+
+
+@pytest.mark.parametrize("failing", [0, 5])  # the caller's first piece, and one a worker may take
+def test_an_error_in_any_piece_reaches_the_caller(failing):
+    ranges = [(k, k + 1) for k in range(8)]
+
+    def fn(c0, c1):
+        if c0 == failing:
+            raise ZeroDivisionError(f"piece {c0}")
+
+    with pytest.raises(ZeroDivisionError, match=f"piece {failing}"):
+        _launcher.run_ranges(fn, (), ranges, 2)
+    _launcher.run_ranges(lambda c0, c1: None, (), ranges, 2)  # the pool still works
+
+
+def test_results_do_not_stay_referenced_after_the_call():
+    import sys
+
+    buf = np.zeros(64)
+    before = sys.getrefcount(buf)
+    for _ in range(20):
+        _launcher.run_ranges(lambda b, c0, c1: None, (buf,), [(k, k + 1) for k in range(8)], 2)
+    assert sys.getrefcount(buf) == before
+
+
+def test_many_callers_at_once():
+    errors = []
+    barrier = threading.Barrier(8)
+
+    def caller(tid):
+        try:
+            barrier.wait()
+            for _ in range(50):
+                hits = np.zeros(64, dtype=np.int64)
+                _launcher.run_ranges(lambda h, c0, c1: h.__setitem__(slice(c0, c1), h[c0:c1] + 1),
+                                     (hits,), [(k * 8, k * 8 + 8) for k in range(8)], 4)
+                assert (hits == 1).all()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+
+
+def test_thread_count_follows_numba():
+    numba.get_num_threads()  # once the backend has started, numba.set_num_threads is honoured
+    numba.set_num_threads(1)
+    try:
+        assert _launcher.num_threads() == 1
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert _launcher.num_threads() == numba.config.NUMBA_NUM_THREADS
