@@ -95,3 +95,67 @@ def test_thread_count_follows_numba():
     finally:
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     assert _launcher.num_threads() == numba.config.NUMBA_NUM_THREADS
+
+
+# --- which path a pointwise call takes (fastloss._pointwise.run_driver) ---
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """The piece lists of the parallel launches made during a test."""
+    seen = []
+    real = _launcher.run_ranges
+
+    def spy(fn, args, ranges, threads):
+        seen.append(ranges)
+        return real(fn, args, ranges, threads)
+
+    monkeypatch.setattr(_launcher, "run_ranges", spy)
+    return seen
+
+
+def _inputs(n):
+    rng = np.random.default_rng(0)
+    return rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+
+
+def test_path_follows_size_and_measured_speed(launches, monkeypatch):
+    import fastloss as fl
+    from fastloss import _config, _pointwise
+
+    drv = _pointwise.POINTWISE.driver(fl.mse.spec)
+    mid = (_config.POINTWISE_SERIAL_BELOW + _config.POINTWISE_PARALLEL_FROM) // 2
+    fl.mse.value_and_grad(*_inputs(mid))  # compiled, if not yet
+    want = fl.mse.value_and_grad(*_inputs(mid))
+    launches.clear()
+    monkeypatch.setitem(_pointwise._serial_cost, drv, 1e-6)  # as slow as 1 µs per element: worth threads
+    got = fl.mse.value_and_grad(*_inputs(mid))
+    assert len(launches) == 1
+    assert got[0] == want[0] and np.array_equal(got[1], want[1])
+    monkeypatch.setitem(_pointwise._serial_cost, drv, 1e-12)  # cheap: serial
+    fl.mse.value_and_grad(*_inputs(mid))
+    assert len(launches) == 1
+    fl.mse.value_and_grad(*_inputs(_config.POINTWISE_SERIAL_BELOW - 1))  # small: serial, whatever the speed
+    monkeypatch.setitem(_pointwise._serial_cost, drv, 1.0)
+    fl.mse.value_and_grad(*_inputs(_config.POINTWISE_SERIAL_BELOW - 1))
+    assert len(launches) == 1
+    monkeypatch.setitem(_pointwise._serial_cost, drv, 1e-12)
+    fl.mse.value_and_grad(*_inputs(_config.POINTWISE_PARALLEL_FROM))  # large: parallel, whatever the speed
+    assert len(launches) == 2
+
+
+def test_a_call_that_compiles_is_not_taken_as_a_speed(launches):
+    import fastloss as fl
+    from fastloss import _config, _pointwise
+
+    @fl.pointwise
+    def cubic_test_loss(pred, target):
+        d = pred - target
+        return d * d * d, 3.0 * d * d
+
+    mid = _config.POINTWISE_SERIAL_BELOW + 1000
+    cubic_test_loss.value_and_grad(*_inputs(mid))  # compiles (or loads from the disk cache)
+    drv = _pointwise.POINTWISE.driver(cubic_test_loss.spec)
+    assert drv not in _pointwise._serial_cost and not launches
+    cubic_test_loss.value_and_grad(*_inputs(mid))
+    assert 0.0 < _pointwise._serial_cost[drv] < 1e-6  # a real speed: well under a microsecond per element
