@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -64,3 +65,25 @@ def fd_gradient(loss, inputs, k, params, h=1e-4):
 
 
 POINTWISE = [name for name in fl.names("pointwise")]
+
+
+def in_threads(body, count: int = 8, timeout: float = 300.0) -> None:
+    """Run ``body(k)`` for ``k < count`` on as many threads, released together; re-raise the first error."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(count)
+
+    def run(k):
+        try:
+            barrier.wait()
+            body(k)
+        except BaseException as exc:  # surfaced by the caller's thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    assert not any(t.is_alive() for t in threads), "a thread did not finish"
+    if errors:
+        raise errors[0]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
+from cases import in_threads
 
 import fastloss as fl
 from fastloss import _buffers
@@ -170,27 +170,16 @@ def test_limit_is_respected_and_lowering_it_trims():
 def test_eight_threads_never_share_a_buffer():
     inputs = [_pair(s) for s in range(8)]
     expected = [_mse_grad(p, t) for p, t in inputs]
-    errors = []
-    barrier = threading.Barrier(8)
 
     def work(k):
-        try:
-            p, t = inputs[k]
-            barrier.wait()
-            for _ in range(6):
-                g = fl.mse.grad(p, t)
-                fl.mse.grad(t, p)  # released at once: recycled by whichever thread comes next
-                np.testing.assert_allclose(g, expected[k], rtol=1e-6, atol=1e-12)
-                del g
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        p, t = inputs[k]
+        for _ in range(6):
+            g = fl.mse.grad(p, t)
+            fl.mse.grad(t, p)  # released at once: recycled by whichever thread comes next
+            np.testing.assert_allclose(g, expected[k], rtol=1e-6, atol=1e-12)
+            del g
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors, errors[0]
+    in_threads(work)
     assert fl.buffer_cache()["hits"] > 0
 
 

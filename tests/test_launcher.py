@@ -7,6 +7,7 @@ import threading
 import numba
 import numpy as np
 import pytest
+from cases import in_threads
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -65,26 +66,14 @@ def test_results_do_not_stay_referenced_after_the_call():
 
 
 def test_many_callers_at_once():
-    errors = []
-    barrier = threading.Barrier(8)
-
     def caller(tid):
-        try:
-            barrier.wait()
-            for _ in range(50):
-                hits = np.zeros(64, dtype=np.int64)
-                _launcher.run_ranges(lambda h, c0, c1: h.__setitem__(slice(c0, c1), h[c0:c1] + 1),
-                                     (hits,), [(k * 8, k * 8 + 8) for k in range(8)], 4)
-                assert (hits == 1).all()
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
+        for _ in range(50):
+            hits = np.zeros(64, dtype=np.int64)
+            _launcher.run_ranges(lambda h, c0, c1: h.__setitem__(slice(c0, c1), h[c0:c1] + 1),
+                                 (hits,), [(k * 8, k * 8 + 8) for k in range(8)], 4)
+            assert (hits == 1).all()
 
-    threads = [threading.Thread(target=caller, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors
+    in_threads(caller)
 
 
 def test_thread_count_follows_numba():

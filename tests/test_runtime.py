@@ -8,13 +8,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import numba
 import numpy as np
 import pytest
-from cases import POINTWISE, pointwise_inputs
+from cases import POINTWISE, in_threads, pointwise_inputs
 
 import fastloss as fl
 
@@ -68,25 +67,14 @@ def test_eight_python_threads_at_once_give_the_serial_answers(pointwise_path):
         inputs = pointwise_inputs(loss.spec, (n + k,), rng)
         jobs.append((loss, inputs, loss.value_and_grad(*inputs)))
     results: dict[int, tuple] = {}
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(8)
 
     def worker(tid):
-        try:
-            barrier.wait()
-            for j in range(tid, len(jobs), 8):
-                loss, inputs, _ = jobs[j]
-                for _ in range(3):
-                    results[j] = loss.value_and_grad(*inputs)
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
+        for j in range(tid, len(jobs), 8):
+            loss, inputs, _ = jobs[j]
+            for _ in range(3):
+                results[j] = loss.value_and_grad(*inputs)
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not errors
+    in_threads(worker)
     for j, (_, _, (want_v, want_g)) in enumerate(jobs):
         got_v, got_g = results[j]
         assert got_v == want_v
