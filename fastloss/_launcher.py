@@ -40,7 +40,7 @@ MIN_PIECE_CHUNKS = 8
 
 def num_threads() -> int:
     """Threads a parallel call may use: Numba's setting for the calling thread."""
-    if _numba_parallel._is_initialized:
+    if getattr(_numba_parallel, "_is_initialized", False):  # private: read defensively
         return numba.get_num_threads()
     return numba.config.NUMBA_NUM_THREADS
 
