@@ -77,7 +77,7 @@ def run_driver(drv, args: tuple, n: int) -> float:
     partials row that is then added in chunk order (``np.add.accumulate`` is a sequential sum), the
     order in which the serial path adds them, so the result is the same bits on either path.
     """
-    nch = (n + pointwise_cpu.CHUNK - 1) // pointwise_cpu.CHUNK
+    nch = pointwise_cpu.nchunks(n)
     if n < _config.POINTWISE_PARALLEL_FROM:
         if n < _config.POINTWISE_SERIAL_BELOW:
             return drv(*args, _NO_PARTIALS, 0, nch)
@@ -301,7 +301,7 @@ class PointwiseKind:
                 drv = self.driver(spec, False, kernel, staged)
                 if not staged:
                     drivers[kernel] = drv
-            if n < config.POINTWISE_SERIAL_BELOW:
+            if n < config.POINTWISE_SERIAL_BELOW:  # run_driver's first case, without its call and tuple
                 total = drv(xs, empty, gs, empty, kparams, scale, flags, _NO_STATS, _NO_PARTIALS, 0,
                             (n + chunk - 1) // chunk)
             else:

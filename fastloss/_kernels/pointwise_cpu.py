@@ -1,9 +1,10 @@
 """CPU driver for pointwise losses: value and gradient per element, in one fused pass.
 
-Two templates live here, specialised per loss by :func:`fastloss._compile.specialise`:
+One template lives here, :func:`pointwise_chunks`, specialised per loss by
+:func:`fastloss._compile.specialise`, and it serves both paths:
 
-* :func:`pointwise_chunks` computes a range of ``CHUNK``-sized chunks in order; the serial path
-  (small inputs) calls it directly for all of them. ``_loss_kernel`` is bound to the loss's scalar
+* It computes a range of ``CHUNK``-sized chunks in order; the serial path (small inputs) calls it
+  directly for all of them. ``_loss_kernel`` is bound to the loss's scalar
   ``loss_grad``, which receives float64 inputs (whatever the storage dtype) and returns
   ``(value, d value/d x0, d value/d x1, ...)``; ``_chunk_stats`` to the gradient statistics sweep
   or to a no-op, ``_stage_buffers`` / ``_stage_block`` to input staging for in-place calls or to
