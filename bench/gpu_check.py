@@ -184,7 +184,7 @@ def cases(loss, rng, tiny: bool):
 
 def check_all(be: Backend, tiny: bool) -> list[dict]:
     import fastloss as fl
-    from fastloss._cuda import KIND_MODULES
+    from fastloss.kinds import CUDA_MODULES as KIND_MODULES
 
     rng = np.random.default_rng(0)
     rows = []
@@ -537,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
               '(pip install "fastloss[cuda]").')
         return 1
     if tiny:
-        from fastloss._cuda import config, matmul, simulator
+        from fastloss.device import config, matmul, simulator
 
         config.THREADS, config.MAX_BLOCKS, config.ROW_THREADS, config.TILE = 8, 2, 8, 4
         matmul.TILE = 4

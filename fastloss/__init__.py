@@ -17,16 +17,16 @@ from . import _startup, _threading
 _threading.configure()  # must precede the first parallel kernel
 _startup.defer_blas_check()  # before Numba's first call imports SciPy for it
 
-from . import _pointwise, _rowreduce, _rowwise, _similarity  # noqa: E402,F401  (register the kinds)
+from . import kinds  # noqa: E402,F401  (register the kinds)
 from ._api import Loss  # noqa: E402
 from ._buffers import buffer_cache, empty_cache  # noqa: E402
 from ._combine import Combined, CombinedResult, combine  # noqa: E402
-from ._cuda import cuda_available  # noqa: E402
 from ._gradcheck import GradCheck, check_grad  # noqa: E402
 from ._registry import REGISTRY, get, names  # noqa: E402
 from ._stats import GradStats  # noqa: E402
 from ._threading import threading_layer  # noqa: E402
 from .custom import CustomLoss, pointwise, rowwise  # noqa: E402
+from .device import cuda_available  # noqa: E402
 from .linear_ce import LinearCrossEntropy, linear_cross_entropy  # noqa: E402
 from .losses import *  # noqa: E402,F403
 from .losses.classification import binary_cross_entropy, hinge, sigmoid_focal, squared_hinge  # noqa: E402

@@ -12,9 +12,9 @@ import inspect
 from typing import Any
 
 from ._docs import render_docstring
-from ._kinds import KINDS, select_kind
 from ._spec import LossSpec, Param
 from ._validate import check_reduction
+from .kinds import KINDS, select_kind
 
 _MISSING = object()
 

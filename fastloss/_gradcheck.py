@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._api import Loss
-from ._pointwise import sum_to_shape
+from .kinds.pointwise.host import sum_to_shape
 
 #: Keywords of :func:`check_grad` itself; everything else goes to the loss.
 _OWN = ("fd_step", "rtol", "max_points", "seed")

@@ -358,7 +358,7 @@ def _row_adapter(x, y, t, w, g, scale, loss{params}):
 
 
 def _row_adapter(func: Callable, nparams: int, targets: str) -> Callable:
-    """The block kernel of the rowwise contract (see ``fastloss._kernels.rowwise_cpu``) around ``func``.
+    """The block kernel of the rowwise contract (see ``fastloss.kinds.softmax.cpu``) around ``func``.
 
     The user's function writes a private float64 buffer, so a gradient written over the logits
     (``out=logits``) cannot corrupt a row before the function has read it; the buffer is then

@@ -21,7 +21,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 def pointwise_path(monkeypatch):
     """``pointwise_path("serial" | "parallel")`` makes every pointwise call of the test take that path.
 
-    The pointwise kind picks its path by size and measured speed (see ``fastloss._pointwise.run_driver``);
+    The pointwise kind picks its path by size and measured speed (see ``fastloss.kinds.pointwise.host.run_driver``);
     a test that must exercise one path says so instead of relying on a size.
     """
 

@@ -29,7 +29,7 @@ from rowcases import default_shape
 from rowcases import row_inputs as reduce_inputs
 
 import fastloss as fl
-from fastloss._cuda import config, matmul, simulator
+from fastloss.device import config, matmul, simulator
 
 pytestmark = pytest.mark.cudasim
 
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.cudasim
 @pytest.fixture(autouse=True, scope="module")
 def small_launches():
     """Tiny blocks (grid-stride loops still take several turns) and a fast, race-free simulator
-    (see fastloss._cuda.simulator)."""
+    (see fastloss.device.simulator)."""
     saved = config.THREADS, config.MAX_BLOCKS, config.ROW_THREADS, config.TILE, matmul.TILE
     config.THREADS, config.MAX_BLOCKS, config.ROW_THREADS, config.TILE = 8, 4, 8, 4
     matmul.TILE = 4  # the Numba matmul backend's tiles: 16 simulated threads per block
@@ -505,7 +505,7 @@ def test_rowreduce_options_weights_float32_match_cpu(name):
 
 def test_rowreduce_threads_per_row_and_split_rows(monkeypatch):
     """Rows shared by 1, 2, 4 and 8 threads, and few long rows split into pieces across blocks."""
-    from fastloss._cuda import rowreduce
+    from fastloss.kinds.rowsum import cuda as rowreduce
 
     rng = np.random.default_rng(22)
     assert [rowreduce.threads_per_row(d, 8) for d in (1, 4, 5, 9, 17, 100)] == [1, 1, 2, 4, 8, 8]
@@ -719,8 +719,9 @@ def test_info_nce_zero_rows_stats_empty_and_errors():
 
 
 def test_device_matmul_without_cupy_or_torch_matches_numpy():
-    """Numba device arrays (and the simulator): the package's tiled kernel (fastloss._cuda.matmul)."""
-    from fastloss._cuda import device, similarity
+    """Numba device arrays (and the simulator): the package's tiled kernel (fastloss.device.matmul)."""
+    from fastloss.device import arrays as device
+    from fastloss.kinds.similarity import cuda as similarity
 
     rng = np.random.default_rng(33)
     pl = device.Placement("test", "a", dev(np.zeros(1)))
@@ -737,7 +738,7 @@ def test_device_matmul_without_cupy_or_torch_matches_numpy():
 
 def test_device_matmul_is_pluggable(monkeypatch):
     """A matmul supplied through similarity.MATMUL (here: on the host) does all three products."""
-    from fastloss._cuda import similarity
+    from fastloss.kinds.similarity import cuda as similarity
 
     calls = []
 

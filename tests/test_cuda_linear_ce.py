@@ -3,7 +3,7 @@
 Needs ``NUMBA_ENABLE_CUDASIM=1`` before ``numba.cuda`` is first imported: skipped in an ordinary
 run, and run in a subprocess by ``tests/test_linear_ce.py::test_cuda_path_under_the_simulator``.
 The simulator has neither CuPy nor CUDA PyTorch, so the matmuls go through the Numba backend of
-:mod:`fastloss._cuda.matmul`; the PyTorch backend's operations are checked on CPU tensors in
+:mod:`fastloss.device.matmul`; the PyTorch backend's operations are checked on CPU tensors in
 ``tests/test_linear_ce.py``.
 """
 
@@ -21,7 +21,7 @@ pytest.importorskip("numba_cuda")
 from numba import cuda
 
 import fastloss as fl
-from fastloss._cuda import config, matmul, simulator
+from fastloss.device import config, matmul, simulator
 
 pytestmark = pytest.mark.cudasim
 

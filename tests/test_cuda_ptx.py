@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 import fastloss as fl
-from fastloss import _kinds
-from fastloss._cuda import KIND_MODULES, is_device_array
+from fastloss import kinds as _kinds
+from fastloss.device import is_device_array
+from fastloss.kinds import CUDA_MODULES as KIND_MODULES
 
 ROOT = Path(__file__).resolve().parents[1]
 SIMULATOR_ON = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
@@ -87,7 +88,7 @@ def test_gpu_check_runs_under_the_simulator(tmp_path):
 @needs_numba_cuda
 @real_compiler
 def test_shared_kernels_compile_and_assemble_for_sm90():
-    from fastloss._cuda import ptx
+    from fastloss.device import ptx
 
     kernels = ptx.shared_kernels()
     assert {"finalize", "sum_values", "grad_stats", "first_not_in", "first_below", "check_labels",
@@ -104,10 +105,10 @@ def test_shared_kernels_compile_and_assemble_for_sm90():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", CUDA_LOSSES)
 def test_every_loss_compiles_to_ptx_for_sm90(name, dtype):
-    from fastloss._cuda import config, ptx
+    from fastloss.device import config, ptx
 
     # class labels as int64 with float64 logits, as int32 (PyTorch's and CuPy's other common choice) with float32
-    kernels = ptx.loss_kernels(fl.get(name), dtype, labels=np.int64 if dtype == "float64" else np.int32)
+    kernels = _kinds.loss_ptx(fl.get(name), dtype, labels=np.int64 if dtype == "float64" else np.int32)
     assert kernels
     for kname, code in kernels.items():
         assert ".target sm_90" in code and ".entry" in code
@@ -127,9 +128,9 @@ def test_every_loss_compiles_to_ptx_for_sm90(name, dtype):
 @real_compiler
 @pytest.mark.parametrize("name", ["mse", "binary_cross_entropy", "cross_entropy", "dice", "info_nce"])
 def test_float16_kernels_compile_for_sm90(name):
-    from fastloss._cuda import ptx
+    from fastloss.device import ptx
 
-    for code in ptx.loss_kernels(fl.get(name), "float16").values():
+    for code in _kinds.loss_ptx(fl.get(name), "float16").values():
         assert ptx.assemble(code)["cubin_bytes"] > 0
 
 
@@ -176,13 +177,12 @@ def test_every_kind_has_a_cuda_implementation():
 def test_rowreduce_kernels_cover_the_declared_stages():
     """One generated driver for the kind: the split kernels only where rows can be long, the
     kernel variants of the default parameters too, and the row check compiled where declared."""
-    from fastloss._cuda import ptx
 
-    assert set(ptx.loss_kernels(fl.giou, "float32")) == {"rowreduce_fused"}
-    names = set(ptx.loss_kernels(fl.triplet_margin, "float64"))
+    assert set(_kinds.loss_ptx(fl.giou, "float32")) == {"rowreduce_fused"}
+    names = set(_kinds.loss_ptx(fl.triplet_margin, "float64"))
     assert {"rowreduce_fused", "rowreduce_piece_sums", "rowreduce_piece_rows", "rowreduce_piece_grads",
             "rowreduce_fused_variant"} <= names
-    code = ptx.loss_kernels(fl.giou, "float64")["rowreduce_fused"]
+    code = _kinds.loss_ptx(fl.giou, "float64")["rowreduce_fused"]
     assert re.search(r"atom\.global\.min\.s64", code)  # the row check's first failing row: an integer atomic
 
 
@@ -202,7 +202,7 @@ def test_cuda_input_without_a_gpu_raises_a_clear_error():
 
 
 def test_cuda_input_without_numba_cuda_raises_import_error(monkeypatch):
-    from fastloss._cuda import device
+    from fastloss.device import arrays as device
 
     monkeypatch.setattr(device, "numba_cuda_installed", lambda: False)
     monkeypatch.setattr(device, "_cuda", None)
@@ -213,7 +213,8 @@ def test_cuda_input_without_numba_cuda_raises_import_error(monkeypatch):
 
 
 def test_kinds_without_a_cuda_driver_say_so(monkeypatch):
-    from fastloss._cuda import device, kind_for
+    from fastloss.device import arrays as device
+    from fastloss.kinds import cuda_kind as kind_for
 
     monkeypatch.setattr(device, "load", lambda: None)
     with pytest.raises(NotImplementedError, match="'nokind' kind have no CUDA implementation"):
@@ -226,7 +227,7 @@ def test_kinds_without_a_cuda_driver_say_so(monkeypatch):
 @needs_numba_cuda
 @real_compiler
 def test_rowwise_kernels_run_block_cooperative_unless_they_store_themselves():
-    from fastloss._cuda import rowwise
+    from fastloss.device import rowwise
 
     modes = {name: rowwise.analyse(fl.get(name).spec.kernel, name) for name in fl.names("rowwise")}
     assert modes["cross_entropy"] == "block" and modes["kl_divergence"] == "block"
@@ -236,7 +237,7 @@ def test_rowwise_kernels_run_block_cooperative_unless_they_store_themselves():
 @needs_numba_cuda
 @real_compiler
 def test_rowwise_kernels_allocating_class_sized_scratch_are_refused():
-    from fastloss._cuda import rowwise
+    from fastloss.device import rowwise
 
     def kernel(x, y, t, w, g, scale, loss):
         buf = np.empty(x.shape[1])
@@ -251,7 +252,7 @@ def test_row_threads_and_launch_bounds():
     pytest.importorskip("numba_cuda")
     if SIMULATOR_ON:
         pytest.skip("module imported with the simulator's numba.cuda elsewhere")
-    from fastloss._cuda import config, rowwise
+    from fastloss.device import config, rowwise
 
     assert rowwise.row_threads(10) == 32
     assert rowwise.row_threads(128256) == config.ROW_THREADS

@@ -203,14 +203,14 @@ def test_comparison_table_has_one_row_per_loss():
 
 
 def test_devices_follow_the_cuda_backend(monkeypatch):
-    from fastloss import _cuda
+    from fastloss import kinds as _cuda
 
     loss = fl.get(fl.names("pointwise")[0])
-    monkeypatch.setitem(_cuda.KIND_MODULES, "pointwise", "fastloss._cuda.pointwise")
+    monkeypatch.setitem(_cuda.CUDA_MODULES, "pointwise", "fastloss.kinds.pointwise.cuda")
     assert catalogue.devices(loss) == ("CPU", "CUDA")
-    monkeypatch.setitem(_cuda.KIND_MODULES, "pointwise", "fastloss._cuda.no_such_module")
+    monkeypatch.setitem(_cuda.CUDA_MODULES, "pointwise", "fastloss.device.no_such_module")
     assert catalogue.devices(loss) == ("CPU",)
-    monkeypatch.delitem(_cuda.KIND_MODULES, "pointwise")
+    monkeypatch.delitem(_cuda.CUDA_MODULES, "pointwise")
     assert catalogue.devices(loss) == ("CPU",)
 
 

@@ -12,7 +12,7 @@ import pytest
 from cases import POINTWISE, defaults, param_variants, pointwise_inputs
 
 import fastloss as fl
-from fastloss._pointwise import POINTWISE as KIND
+from fastloss.kinds.pointwise.host import POINTWISE as KIND
 
 PLAIN = [n for n in POINTWISE if KIND.fast_path(fl.get(n).spec, fl.get(n)._params, need_value=True,
                                                   need_grad=True, with_out=True) is not None]

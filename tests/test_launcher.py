@@ -86,7 +86,7 @@ def test_thread_count_follows_numba():
     assert _launcher.num_threads() == numba.config.NUMBA_NUM_THREADS
 
 
-# --- which path a pointwise call takes (fastloss._pointwise.run_driver) ---
+# --- which path a pointwise call takes (fastloss.kinds.pointwise.host.run_driver) ---
 
 
 @pytest.fixture

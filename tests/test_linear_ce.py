@@ -367,7 +367,7 @@ class FakeDeviceArray:
 
 
 def test_cuda_inputs_without_numba_cuda_name_what_to_install(monkeypatch):
-    from fastloss._cuda import device
+    from fastloss.device import arrays as device
 
     monkeypatch.setattr(device, "numba_cuda_installed", lambda: False)
     monkeypatch.setattr(device, "_cuda", None)
@@ -413,7 +413,7 @@ def test_numba_matmul_kernels_compile_for_sm90():
     from numba import cuda
     from numba.cuda import types as nbt
 
-    from fastloss._cuda import matmul
+    from fastloss.device import matmul
 
     for dt in (nbt.float32, nbt.float64):
         c2, a2 = nbt.Array(dt, 2, "C"), nbt.Array(dt, 2, "A")
@@ -435,7 +435,7 @@ def test_numba_matmul_kernels_compile_for_sm90():
 def test_torch_matmul_backend_operations_on_cpu_tensors():
     """The PyTorch backend's operations (the CUDA path's cuBLAS calls) on CPU tensors, against NumPy."""
     torch = pytest.importorskip("torch")
-    from fastloss._cuda import matmul
+    from fastloss.device import matmul
 
     class Placement:  # what the backend asks of a placement: buffers of the inputs' framework
         def empty(self, shape, dtype):

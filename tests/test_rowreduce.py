@@ -233,8 +233,8 @@ def test_integer_inputs_compute_in_float64():
 
 def test_declarations_are_checked():
     from fastloss._api import Loss
-    from fastloss._rowreduce import RowReduce
     from fastloss._spec import Input, LossSpec
+    from fastloss.kinds.rowsum.host import RowReduce
 
     def stage(*args):
         return (0.0,)
@@ -250,8 +250,8 @@ def test_declarations_are_checked():
 def test_a_new_rowreduce_loss_is_one_declaration():
     """A user-level check of the contract: the squared Euclidean distance, declared in a few lines."""
     from fastloss._api import Loss
-    from fastloss._rowreduce import RowReduce, row_options
     from fastloss._spec import Input, LossSpec
+    from fastloss.kinds.rowsum.host import RowReduce, row_options
 
     def map_(j, a, b):
         return ((a - b) * (a - b),)
@@ -280,7 +280,7 @@ def test_kernels_compile_for_cuda():
     from numba import cuda
     from numba.cuda import types
 
-    from fastloss._cuda.ptx import DEFAULT_CC, target
+    from fastloss.device.ptx import DEFAULT_CC, target
 
     f64 = types.float64
     compiled = 0

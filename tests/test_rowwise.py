@@ -712,7 +712,7 @@ def test_a_second_process_loads_the_rowwise_driver_from_the_disk_cache(tmp_path)
 def test_float32_exponential_against_numpy():
     import numba
 
-    from fastloss._kernels.rowops import exp_shifted_f32
+    from fastloss.kinds.softmax.primitives import exp_shifted_f32
 
     @numba.njit
     def apply(d):

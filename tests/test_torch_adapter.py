@@ -32,11 +32,12 @@ from cases import defaults, pointwise_inputs  # noqa: E402
 
 import fastloss as fl  # noqa: E402
 import fastloss.torch as flt  # noqa: E402
-from fastloss import _adapters, _cuda, _kinds  # noqa: E402
+from fastloss import _adapters  # noqa: E402
+from fastloss import kinds as _kinds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIMULATOR_ON = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-_REAL_KIND_FOR = _cuda.kind_for  # the CUDA backend's kinds, before a test puts stand-ins in their place
+_REAL_KIND_FOR = _kinds.cuda_kind  # the CUDA backend's kinds, before a test puts stand-ins in their place
 
 TORCH_EQUIVALENTS = {
     "mse": lambda p, t: F.mse_loss(p, t),
@@ -489,7 +490,7 @@ def _cpu_kind(name, spec, inputs, params, weight, reduction, **flags):
 def stand_in_backend(monkeypatch):
     """Route CUDA arrays to StandInKinds running the CPU kinds; yields the list of recorded calls."""
     calls = []
-    monkeypatch.setattr(_cuda, "kind_for", lambda name: StandInKind(name, calls, _cpu_kind))
+    monkeypatch.setattr(_kinds, "cuda_kind", lambda name, device=True: StandInKind(name, calls, _cpu_kind))
     return calls
 
 
@@ -589,7 +590,7 @@ def test_cuda_tensors_reach_the_real_backend():
 
 #: Losses run through the adapter on the simulator: some of each kind that has a CUDA driver.
 SIMULATED = [n for n in ("huber", "gaussian_nll", "binary_cross_entropy", "cross_entropy", "multiclass_hinge",
-                         "triplet_margin", "dice", "info_nce") if fl.get(n).spec.kind in _cuda.KIND_MODULES]
+                         "triplet_margin", "dice", "info_nce") if fl.get(n).spec.kind in _kinds.CUDA_MODULES]
 
 
 def _simulated_kind(name, spec, inputs, params, weight, reduction, **flags):
@@ -603,7 +604,7 @@ def _simulated_kind(name, spec, inputs, params, weight, reduction, **flags):
         return a.copy_to_host() if hasattr(a, "copy_to_host") else a
 
     kind = _REAL_KIND_FOR(name)
-    assert type(kind).__module__.startswith("fastloss._cuda."), type(kind)  # the backend's own kind
+    assert type(kind).__module__.startswith("fastloss.device."), type(kind)  # the backend's own kind
     value, grads = kind.run(spec, [dev(x) for x in inputs], params, dev(weight), reduction, out=None, **flags)
     return host(value), tuple(host(g) for g in grads)
 
@@ -616,14 +617,14 @@ def test_cuda_kernels_through_the_adapter_under_the_simulator(monkeypatch, name,
     """The adapter's CUDA path with the backend's real CUDA kernels (one or two losses of each kind with
     a CUDA driver): values and gradients (the "none" rules included, and with them weights from
     grad_output, negative ones too) agree with the CPU adapter."""
-    from fastloss._cuda import config, simulator
+    from fastloss.device import config, simulator
 
     monkeypatch.setattr(config, "THREADS", 8)
     monkeypatch.setattr(config, "MAX_BLOCKS", 4)
     monkeypatch.setattr(config, "ROW_THREADS", 8)
     interval = simulator.configure()
     calls = []
-    monkeypatch.setattr(_cuda, "kind_for", lambda n: StandInKind(n, calls, _simulated_kind))
+    monkeypatch.setattr(_kinds, "cuda_kind", lambda n, device=True: StandInKind(n, calls, _simulated_kind))
     try:
         rng = np.random.default_rng(8)
         xs = ac.inputs(name, rng)

@@ -1,9 +1,9 @@
 """Metric-learning losses on embeddings: one value per row of ``(N, D)`` arrays.
 
 Contrastive, triplet and cosine-embedding losses are of the rowreduce kind
-(:mod:`fastloss._rowreduce`): per row, sums over the embedding's elements (``map``), the row's loss
+(:mod:`fastloss.kinds.rowsum.host`): per row, sums over the embedding's elements (``map``), the row's loss
 from those sums (``finish``), and per element the gradient (``grad``), fused in one pass.
-InfoNCE is of the similarity kind (:mod:`fastloss._similarity`): softmax cross entropy over the
+InfoNCE is of the similarity kind (:mod:`fastloss.kinds.similarity.host`): softmax cross entropy over the
 in-batch cosine-similarity matrix.
 """
 
@@ -14,8 +14,8 @@ import math
 from .._compile import njit
 from .._kernels.mathfn import pow
 from .._registry import register
-from .._rowreduce import RowReduce, row_options
 from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
+from ..kinds.rowsum.host import RowReduce, row_options
 from .multiclass import cross_entropy
 
 _helper = njit(cache=False, error_model="numpy", fastmath=False, forceinline=True)  # strict (see stage_kernel)

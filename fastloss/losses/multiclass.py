@@ -1,6 +1,6 @@
 """Multiclass losses on logits: one value per sample from a reduction over the class axis.
 
-Kernels follow the rowwise contract of :mod:`fastloss._kernels.rowwise_cpu`: they receive a block
+Kernels follow the rowwise contract of :mod:`fastloss.kinds.softmax.cpu`: they receive a block
 of rows and write each row's loss (and, when ``g`` is not empty, ``scale`` times its gradient).
 Passes over the class axis go through the row primitives ``R``; what is written here is the
 per-row scalar math, with the vectorisable ``exp``/``log`` of :mod:`fastloss._kernels.mathfn` so
@@ -18,10 +18,10 @@ import math
 
 import numpy as np
 
-from .._kernels import rowops as R
 from .._kernels.mathfn import exp, expm1, log, tanh
 from .._registry import register
 from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
+from ..kinds.softmax import primitives as R
 
 LOGITS = Input("logits", "Unnormalised class scores; the classes lie along ``axis``.", differentiable=True)
 TARGET = Input(
@@ -180,7 +180,7 @@ def _smoothed_cross_entropy(x, y, t, w, g, scale, loss, eps, z_loss, cap):
     none = t[:0]
     capped = cap > 0.0
     mx = R.row_max(x)
-    m = np.empty(nr)  # fresh vectors (not the primitives' results) are written: see fastloss._cuda.rowwise
+    m = np.empty(nr)  # fresh vectors (not the primitives' results) are written: see fastloss.kinds.softmax.cuda
     for r in range(nr):  # tanh is increasing: the maximum of the capped row is the capped maximum
         m[r] = _softcapped(mx[r], cap)[0]
     zero = np.zeros(nr)

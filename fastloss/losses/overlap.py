@@ -1,6 +1,6 @@
 """Overlap losses: soft Dice, Jaccard and Tversky on segmentation masks, generalised IoU on boxes.
 
-All are of the rowreduce kind (:mod:`fastloss._rowreduce`). A mask loss gives one value per sample
+All are of the rowreduce kind (:mod:`fastloss.kinds.rowsum.host`). A mask loss gives one value per sample
 over all of the sample's other axes (``(N, H, W)`` or ``(N, C, H, W)``): the ``map`` stage sums the
 soft intersection ``I = sum p t`` and the sizes ``P = sum p``, ``T = sum t``, ``finish`` forms the
 loss and its derivatives with respect to ``I`` and ``P``, and ``grad`` writes, per element,
@@ -16,8 +16,8 @@ import numpy as np
 from .._compile import njit
 from .._kernels.mathfn import sigmoid
 from .._registry import register
-from .._rowreduce import RowReduce, row_options
 from .._spec import Input, Interval, LossSpec, Param, Properties
+from ..kinds.rowsum.host import RowReduce, row_options
 
 _helper = njit(cache=False, error_model="numpy", fastmath=False, forceinline=True)  # strict (see stage_kernel)
 

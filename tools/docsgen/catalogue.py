@@ -16,7 +16,7 @@ import textwrap
 from collections.abc import Callable, Iterable
 
 import fastloss
-from fastloss import _cuda
+from fastloss import kinds
 
 #: The catalogue properties of a declaration (``fastloss._spec.Properties``), with their headings.
 PROPERTIES = (
@@ -86,10 +86,10 @@ def families(items: Iterable | None = None) -> dict[str, list]:
 def devices(loss) -> tuple[str, ...]:
     """Where a loss runs: always the CPU; CUDA too when the CUDA backend implements its kind.
 
-    Read from what the backend exposes (``fastloss._cuda.KIND_MODULES``: the module implementing
+    Read from what the backend exposes (``fastloss.kinds.CUDA_MODULES``: the module implementing
     each kind), without importing ``numba.cuda``.
     """
-    module = _cuda.KIND_MODULES.get(loss.spec.kind)
+    module = kinds.CUDA_MODULES.get(loss.spec.kind)
     if module is not None and importlib.util.find_spec(module) is not None:
         return ("CPU", "CUDA")
     return ("CPU",)

@@ -4,7 +4,7 @@
 scalar kernel, the block reductions, helpers such as ``sigmoid``) are compiled for "the current
 device", which numba-cuda asks the driver about. :func:`target` stands in a device of the requested
 compute capability for the duration; everything is compiled from fresh dispatchers (a new
-:class:`~fastloss._cuda.kernels.Toolkit`), never the ones calls use.
+:class:`~fastloss.device.kernels.Toolkit`), never the ones calls use.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _array(dtype, ndim: int = 1, layout: str = "C"):
 
 
 def shared_kernels(cc: tuple[int, int] = DEFAULT_CC, threads: int = 256, ndims=(1, 2, 3)) -> dict[str, str]:
-    """PTX of every shared kernel (:mod:`fastloss._cuda.kernels`), by name."""
+    """PTX of every shared kernel (:mod:`fastloss.device.kernels`), by name."""
     from numba import cuda
     from numba.cuda import types
 
@@ -75,20 +75,6 @@ def shared_kernels(cc: tuple[int, int] = DEFAULT_CC, threads: int = 256, ndims=(
             sig = (u64, _array(np.float32), _array(np.float32, nd, "A"), shape)
             out[f"scatter_{nd}"] = cuda.compile_ptx(tk.scatter(nd).py_func, sig, cc=cc)[0]
     return out
-
-
-def loss_kernels(loss, dtype, cc: tuple[int, int] = DEFAULT_CC, threads: int = 256, labels=np.int64) -> dict[str, str]:
-    """PTX of every kernel specific to ``loss`` for inputs of ``dtype`` (and class labels of dtype
-    ``labels``, for the kinds that take them), by name."""
-    import importlib
-
-    from .. import _kinds
-    from . import KIND_MODULES
-
-    importlib.import_module(KIND_MODULES[loss.spec.kind])  # registers the kind; needs no GPU
-    kind = _kinds.CUDA_KINDS[loss.spec.kind]
-    with target(cc):
-        return kind.ptx(loss, np.dtype(dtype), cc, threads, labels=np.dtype(labels))
 
 
 def assemble(ptx: str, cc: tuple[int, int] = DEFAULT_CC) -> dict:

@@ -1,7 +1,7 @@
 """The rowreduce kind on CUDA arrays: the declaration's three stages, compiled for the device.
 
-A rowreduce loss is a :class:`~fastloss._rowreduce.RowReduce` of three scalar ``math``-only stages
-(the contract is in :mod:`fastloss._kernels.rowreduce_cpu`)::
+A rowreduce loss is a :class:`~fastloss.kinds.rowsum.host.RowReduce` of three scalar ``math``-only stages
+(the contract is in :mod:`fastloss.kinds.rowsum.cpu`)::
 
     map(j, *elements, *params)         -> (s_0, ..., s_K-1)     summed over the row
     finish(sums, *row_values, *params) -> (loss, c_1, ..., c_M)  once per row
@@ -29,7 +29,7 @@ handed to the stages as float64, as on the CPU; sums accumulate in float64.
 
 Every order of addition is fixed by the shape and ``config`` (``THREADS``, ``MAX_BLOCKS``,
 ``ROW_PIECE``, ``ROW_SPLIT_BLOCKS``): deterministic, no float atomics; the block partials go to the
-shared ordered :func:`~fastloss._cuda.kernels.finalize`. The gradient store is the last read of
+shared ordered :func:`~fastloss.device.kernels.finalize`. The gradient store is the last read of
 its element by the same thread, so ``out=`` may be the input itself.
 
 Checks. Discrete inputs (pair targets) are checked on the device like pointwise ones. A declaration's
@@ -54,14 +54,16 @@ from dataclasses import dataclass
 import numpy as np
 from numba import cuda, float32, float64, int64, uint64
 
-from .. import _kinds, _stats
-from .._rowreduce import ROWREDUCE, RowReduce
-from .._spec import LossSpec, Param
-from .._validate import check_weight_shape, compute_dtype
-from . import config, device, kernels
-from .device import U
-from .kernels import SCALE_BY_WSUM
-from .pointwise import _gathered, check_discrete, finish_grad, grad_stats, operand, sum_weights
+from ... import _stats
+from ..._spec import LossSpec, Param
+from ..._validate import check_weight_shape, compute_dtype
+from ...device import arrays as device
+from ...device import config, kernels
+from ...device.arrays import U
+from ...device.kernels import SCALE_BY_WSUM
+from .. import base as _kinds
+from ..pointwise.cuda import _gathered, check_discrete, finish_grad, grad_stats, operand, sum_weights
+from .host import ROWREDUCE, RowReduce
 
 #: ``flags`` bits of the kernels (SCALE_BY_WSUM = 1 comes from the shared kernels).
 NEED_GRAD = 2
@@ -463,7 +465,7 @@ def _split(pl, kernel, check, a, real, threads, n, d, npieces, piece, xs, yargs,
 
 
 class CudaRowReduce:
-    """The rowreduce kind for CUDA arrays (same contract as :class:`fastloss._rowreduce.RowReduceKind`)."""
+    """The rowreduce kind for CUDA arrays (same contract as :class:`fastloss.kinds.rowsum.host.RowReduceKind`)."""
 
     name = "rowreduce"
 

@@ -1,10 +1,10 @@
 """The similarity kind (InfoNCE) on CUDA arrays: the host kind's steps, each on the device.
 
-The same composition as :mod:`fastloss._similarity`, with every step on the GPU and nothing read
+The same composition as :mod:`fastloss.kinds.similarity.host`, with every step on the GPU and nothing read
 back (apart from the cross entropy's label check, see below):
 
 1. Rows normalised (``u = z / max(|z|, eps)``) by the CUDA rowreduce driver
-   (:func:`fastloss._cuda.rowreduce.launch`) running :data:`NORMALISE`, a three-stage
+   (:func:`fastloss.kinds.rowsum.cuda.launch`) running :data:`NORMALISE`, a three-stage
    ``RowReduce`` like a loss's: norms summed in float64 per row, deterministic.
 2. ``S = u v^T / temperature`` and later ``G v``, ``G^T u``: the three ``N x N x D`` products go
    through :func:`device_matmul` (below).
@@ -14,7 +14,7 @@ back (apart from the cross entropy's label check, see below):
    the device; the rowwise kind still checks them (``config.CHECK_LABELS``), which reads one number
    back per call, i.e. waits for the GPU.
 4. The per-pair losses, their weights and the reduction: one grid-stride kernel and the shared
-   ordered :func:`~fastloss._cuda.kernels.finalize`.
+   ordered :func:`~fastloss.device.kernels.finalize`.
 5. ``d loss / d S``: row ``i`` scaled by its pair's factor plus, symmetric, column ``i``'s gradient
    transposed (one tiled kernel, in place).
 6. The gradient through the normalisation, ``(du - u (u . du)) / |z|``, by the rowreduce driver
@@ -23,7 +23,7 @@ back (apart from the cross entropy's label check, see below):
 Device matmul (decided for this backend). :func:`device_matmul` computes ``c = alpha op(a) op(b)``
 on the call's stream. It uses :data:`MATMUL` when set (a function ``(placement, a, b, c, trans_a,
 trans_b, alpha)`` on 2-D C-contiguous Numba device arrays: the plug for other libraries and for the
-tests), else the package's dense backend for the arrays' framework (:mod:`fastloss._cuda.matmul`, as
+tests), else the package's dense backend for the arrays' framework (:mod:`fastloss.device.matmul`, as
 the fused linear cross entropy): cuBLAS through PyTorch for PyTorch tensors, through CuPy for CuPy
 arrays, and for Numba device arrays (and the simulator) a shared-memory tiled kernel with float64
 accumulation, deterministic. That fallback is correct everywhere but far from cuBLAS speed, so there
@@ -42,16 +42,18 @@ from typing import NamedTuple
 import numpy as np
 from numba import cuda, float64, int64
 
-from .. import _kinds, _stats
-from .._rowreduce import RowReduce
-from .._similarity import NORM_EPS
-from .._spec import LossSpec, Param
-from .._validate import check_weight_shape, compute_dtype
-from . import config, device, kernels, matmul
-from .device import U
-from .kernels import SCALE_BY_WSUM
-from .pointwise import finish_grad, grad_stats, operand, sum_weights
-from .rowreduce import NEED_GRAD, CudaRowReduce, launch
+from ... import _stats
+from ..._spec import LossSpec, Param
+from ..._validate import check_weight_shape, compute_dtype
+from ...device import arrays as device
+from ...device import config, kernels, matmul
+from ...device.arrays import U
+from ...device.kernels import SCALE_BY_WSUM
+from .. import base as _kinds
+from ..pointwise.cuda import finish_grad, grad_stats, operand, sum_weights
+from ..rowsum.cuda import NEED_GRAD, CudaRowReduce, launch
+from ..rowsum.host import RowReduce
+from .host import NORM_EPS
 
 _F64 = np.dtype(np.float64)
 _SCALARS = (float, int, bool, np.generic)
@@ -170,7 +172,7 @@ def scale_grads(n, gr, gc, w, bw, scale, wsum, flags, c):
 
 def iota(n, out):
     """``out[i] = i`` (the class labels 0 .. N-1 of the similarity rows)."""
-    i = grid_start()  # noqa: F821  (bound per build, as in fastloss._cuda.kernels)
+    i = grid_start()  # noqa: F821  (bound per build, as in fastloss.device.kernels)
     step = grid_step()  # noqa: F821
     while i < n:
         out[i] = i
@@ -276,7 +278,7 @@ def device_matmul(pl, a: Buffer, b: Buffer, c: Buffer, *, trans_a: bool = False,
 
 
 class CudaSimilarity:
-    """The similarity kind for CUDA arrays (same contract as :class:`fastloss._similarity.SimilarityKind`)."""
+    """The similarity kind for CUDA arrays (same contract as :class:`fastloss.kinds.similarity.host.SimilarityKind`)."""
 
     name = "similarity"
 
@@ -289,8 +291,8 @@ class CudaSimilarity:
         from numba.cuda import types as nbt
         from numba.cuda.np.numpy_support import from_dtype
 
-        from .rowreduce import Arity, _Compiler, count_sums
-        from .rowreduce import launch_bounds as row_bounds
+        from ..rowsum.cuda import Arity, _Compiler, count_sums
+        from ..rowsum.cuda import launch_bounds as row_bounds
 
         real = compute_dtype(np.empty(0, dtype))
 

@@ -4,7 +4,7 @@ The same algorithm as on the host, per chunk of tokens: one matmul into a reused
 buffer, the fused cross-entropy kernel (the CUDA rowwise kind, the same declaration as on the
 CPU) writing the softmax gradient in place over it, then ``d_hidden[chunk] = dlogits @ weight`` and
 ``d_weight += dlogits.T @ hidden[chunk]`` accumulated in place (``beta = 1``). The matmuls go to
-cuBLAS through the inputs' framework (:mod:`fastloss._cuda.matmul`: PyTorch or CuPy), or to a
+cuBLAS through the inputs' framework (:mod:`fastloss.device.matmul`: PyTorch or CuPy), or to a
 tiled Numba kernel for Numba device arrays. Results are of the inputs' type; the loss is a 0-d
 device array.
 
@@ -18,8 +18,9 @@ import math
 
 import numpy as np
 
-from .. import linear_ce as host
-from . import device, matmul
+from .. import linear_ce as host  # the package's host side
+from ..device import arrays as device
+from ..device import matmul
 
 
 def run(hidden, weight, target, bias, ignore_index, label_smoothing, z_loss, softcap, reduction, chunk_size, *,

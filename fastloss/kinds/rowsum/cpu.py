@@ -2,7 +2,7 @@
 
 The driver is written once here and specialised per loss by :func:`fastloss._compile.specialise`,
 which binds the placeholders ``_map``, ``_finish`` and ``_grad`` to the three stages of the loss's
-:class:`~fastloss._rowreduce.RowReduce` declaration. The stages are scalar functions written with
+:class:`~fastloss.kinds.rowsum.host.RowReduce` declaration. The stages are scalar functions written with
 :mod:`math` (and :mod:`fastloss._kernels.mathfn`) only, so that a CUDA driver can compile the same
 functions as device functions::
 
@@ -43,9 +43,9 @@ import numpy as np
 from numba import prange
 from numba.extending import overload
 
-from .._compile import njit
-from .._config import CHUNK
-from .tuples import _build, chunk_stats, gather, slices
+from ..._compile import njit
+from ..._config import CHUNK
+from ..._kernels.tuples import _build, chunk_stats, gather, slices
 
 #: Piece length of the row sums (part of the numerical contract, like ``CHUNK``).
 SEGMENT = CHUNK

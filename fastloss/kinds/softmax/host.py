@@ -14,7 +14,7 @@ entropy and its relatives). Its declaration says, in ``LossSpec.options``:
 ``aux``
     The name of a bool parameter (e.g. ``return_z_loss``) that asks for the loss's auxiliary part
     as well: the value becomes a ``(loss, part)`` pair, both reduced alike (the kernel writes the
-    part next to each row's loss, see :mod:`fastloss._kernels.rowwise_cpu`).
+    part next to each row's loss, see :mod:`fastloss.kinds.softmax.cpu`).
 ``mean``
     What ``reduction="mean"`` divides by for index targets: ``"weight"`` (PyTorch's
     ``cross_entropy``: the summed class weights of the non-ignored targets, or their count) or
@@ -31,12 +31,13 @@ from typing import Any
 import numba
 import numpy as np
 
-from . import _buffers, _config, _stats, _threading
-from ._compile import njit, specialise
-from ._kernels import rowops, rowwise_cpu
-from ._kinds import register_kind
-from ._spec import LossSpec, Param
-from ._validate import as_array, check_out, compute_dtype, overlaps
+from ... import _buffers, _config, _stats, _threading
+from ..._compile import njit, specialise
+from ..._spec import LossSpec, Param
+from ..._validate import as_array, check_out, compute_dtype, overlaps
+from ..base import register_kind
+from . import cpu as rowwise_cpu
+from . import primitives as rowops
 
 _compile_lock = threading.Lock()
 

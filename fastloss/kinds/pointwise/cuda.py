@@ -5,7 +5,7 @@ with ``cuda.jit(device=True)`` and called from a grid-stride kernel generated fo
 arity (:data:`_TEMPLATE`): each thread reads its elements, writes the gradients already scaled
 for the reduction (``1/n``, ``w_i / sum(w)`` or ``w_i``) and sums ``w_i * loss_i`` in float64;
 blocks reduce in shared memory into one partial each and a one-block kernel adds the partials in
-order (:mod:`fastloss._cuda.kernels`), so the loss is deterministic and never synchronises with
+order (:mod:`fastloss.device.kernels`), so the loss is deterministic and never synchronises with
 the host. Kernels are memoised per (loss kernel, compute type, block size); Numba specialises
 them per storage dtypes and loads them per device.
 
@@ -30,12 +30,14 @@ import threading
 import numpy as np
 from numba import cuda, float32, float64
 
-from .. import _kinds, _stats
-from .._spec import Discrete, LossSpec, Param
-from .._validate import broadcast_shape, check_weight_shape, compute_dtype
-from . import config, device, kernels
-from .device import U, ushape
-from .kernels import SCALE_BY_WSUM
+from ... import _stats
+from ..._spec import Discrete, LossSpec, Param
+from ..._validate import broadcast_shape, check_weight_shape, compute_dtype
+from ...device import arrays as device
+from ...device import config, kernels
+from ...device.arrays import U, ushape
+from ...device.kernels import SCALE_BY_WSUM
+from .. import base as _kinds
 
 #: ``flags`` bits of the fused kernel (SCALE_BY_WSUM = 1 comes from the shared kernels).
 NEED_GRAD = 2
@@ -111,7 +113,7 @@ class _Layout:
 
 
 class CudaPointwise:
-    """The pointwise kind for CUDA arrays (same contract as :class:`fastloss._pointwise.PointwiseKind`)."""
+    """The pointwise kind for CUDA arrays (same contract as :class:`fastloss.kinds.pointwise.host.PointwiseKind`)."""
 
     name = "pointwise"
 
@@ -151,7 +153,7 @@ class CudaPointwise:
         return tk.define(source, "pointwise", f"<fastloss cuda pointwise {spec.name} {real}>", extra=extra)
 
     def ptx(self, loss, dtype: np.dtype, cc: tuple[int, int], threads: int, labels=None) -> dict[str, str]:
-        """PTX of the fused kernel of ``loss`` for inputs of ``dtype`` (see :mod:`fastloss._cuda.ptx`)."""
+        """PTX of the fused kernel of ``loss`` for inputs of ``dtype`` (see :mod:`fastloss.device.ptx`)."""
         from numba.cuda import types
         from numba.cuda.np.numpy_support import from_dtype
 

@@ -14,7 +14,7 @@ through the framework the arrays came from. :func:`backend` picks, by the type o
     adequate for moderate sizes; for speed pass CuPy arrays or PyTorch tensors.
 
 Every backend offers the same few operations on arrays of its own type, so that the callers
-(:mod:`fastloss._cuda.linear_ce`) are written once.
+(:mod:`fastloss.linear_ce.cuda`) are written once.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, float64
 
-from . import device
+from . import arrays as device
 
 #: Side of the square tiles of the Numba ``gemm`` kernel (threads per block: its square).
 TILE = 16

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._config import CHUNK
-from .tuples import gather, scatter, slices
+from ..._config import CHUNK
+from ..._kernels.tuples import gather, scatter, slices
 
 #: Elements per block of a chunk: the float64 row of a block's losses (4 KiB) stays in L1.
 #: Part of the numerical contract like ``CHUNK`` (a chunk's loss is the sum of its block sums).

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import REDUCTIONS
+from .._validate import REDUCTIONS
 
 #: Default memory budget of the chunk buffer: this fraction of the full logits ...
 CHUNK_FRACTION = 1 / 8
@@ -84,7 +84,7 @@ class LinearCrossEntropy:
     ``(chunk_size, V)`` buffer instead of the ``(tokens, V)`` logits and their gradient. The
     outputs ``grad_hidden`` and ``grad_weight`` are new arrays of the shapes of ``hidden`` and
     ``weight``. Inputs are never modified. CUDA arrays (CuPy, PyTorch, Numba; all of one kind)
-    run the same chunk loop on the device (:mod:`fastloss._cuda.linear_ce`): matmuls through cuBLAS
+    run the same chunk loop on the device (:mod:`fastloss.linear_ce.cuda`): matmuls through cuBLAS
     via CuPy or PyTorch (a tiled Numba kernel for Numba device arrays), the fused CUDA
     cross-entropy kernel in place on each chunk, results of the inputs' type.
 
@@ -176,12 +176,12 @@ linear_cross_entropy = LinearCrossEntropy()
 
 def _run(hidden, weight, target, bias, ignore_index, label_smoothing, z_loss, softcap, reduction,
          chunk_size, *, need_grad):
-    from ._cuda import is_device_array
+    from ..device import is_device_array
 
     if any(a is not None and not isinstance(a, np.ndarray) and is_device_array(a)
            for a in (hidden, weight, target, bias)):
         _check_same_device(hidden, weight, target, bias)
-        from ._cuda import linear_ce as cuda_linear_ce
+        from . import cuda as cuda_linear_ce
 
         return cuda_linear_ce.run(hidden, weight, target, bias, ignore_index, label_smoothing, z_loss, softcap,
                                   reduction, chunk_size, need_grad=need_grad)
@@ -191,7 +191,7 @@ def _run(hidden, weight, target, bias, ignore_index, label_smoothing, z_loss, so
 
 
 def _check_same_device(hidden, weight, target, bias) -> None:
-    from ._cuda import is_device_array
+    from ..device import is_device_array
 
     named = {"hidden": hidden, "weight": weight, "target": target, "bias": bias}
     host = [name for name, a in named.items() if a is not None and not is_device_array(a)]
@@ -319,7 +319,7 @@ def _accumulate(gw: np.ndarray, dl: np.ndarray, h: np.ndarray, alpha: float, fir
 
 
 def _chunk_loop(h, w, b, y, opts, *, need_grad):
-    from .losses.multiclass import cross_entropy
+    from ..losses.multiclass import cross_entropy
 
     n, width = h.shape
     vocab = w.shape[0]

@@ -75,7 +75,7 @@ def _is_numba_array(x) -> bool:
 
 _SCALARS = (float, int, bool, np.generic)
 
-#: Kernels index with unsigned 64-bit integers (see fastloss._cuda.kernels.grid_start): sizes,
+#: Kernels index with unsigned 64-bit integers (see fastloss.device.kernels.grid_start): sizes,
 #: strides and shapes are passed as such.
 U = np.uint64
 

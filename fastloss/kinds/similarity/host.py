@@ -13,10 +13,10 @@ compiling a driver of its own:
   kernel writes each row's gradient in place over the matrix, so no third ``N x N`` buffer exists;
 * the gradient through the normalisation is a few ``O(N D)`` array operations, and the two
   ``N x N`` transposes (``S^T``, and adding the columns' gradient to the rows') are cache-blocked
-  loops (:mod:`fastloss._kernels.similarity_cpu`).
+  loops (:mod:`fastloss.kinds.similarity.cpu`).
 
 A similarity loss declares ``temperature`` and ``symmetric`` parameters. Weights are per pair,
-``reduction="none"`` gives one loss per pair. The CUDA version (:mod:`fastloss._cuda.similarity`)
+``reduction="none"`` gives one loss per pair. The CUDA version (:mod:`fastloss.kinds.similarity.cuda`)
 makes the same steps on the device: products through cuBLAS via the arrays' framework (PyTorch or
 CuPy; a tiled kernel of the package for Numba arrays), the cross entropy through the CUDA rowwise kind.
 """
@@ -27,11 +27,11 @@ import math
 
 import numpy as np
 
-from . import _config, _stats, _threading
-from ._kernels import similarity_cpu
-from ._kinds import register_kind
-from ._spec import LossSpec, Param
-from ._validate import as_array, check_out, check_weight_shape, compute_dtype
+from ... import _config, _stats, _threading
+from ..._spec import LossSpec, Param
+from ..._validate import as_array, check_out, check_weight_shape, compute_dtype
+from ..base import register_kind
+from . import cpu as similarity_cpu
 
 #: ``torch.nn.functional.normalize``'s floor on the norm.
 NORM_EPS = 1e-12

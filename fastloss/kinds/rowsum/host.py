@@ -4,7 +4,7 @@ A rowreduce loss gives one value per row (sample) from sums over the elements of
 over one or more row-aligned arrays: the distance between two embeddings (contrastive, triplet),
 their cosine (cosine embedding), the soft intersection and sizes of a mask (Dice, Jaccard,
 Tversky), or the corners of a box (GIoU). Its ``LossSpec.kernel`` is a :class:`RowReduce` (see
-:mod:`fastloss._kernels.rowreduce_cpu` for the contract of its three stages); its
+:mod:`fastloss.kinds.rowsum.cpu` for the contract of its three stages); its
 ``LossSpec.options`` say:
 
 ``row_inputs``
@@ -37,7 +37,7 @@ Weights are per row (broadcast to the row shape); ``mean`` divides by the number
 the summed weights. ``reduction="none"`` returns one loss per row, shaped like the rows. A
 declaration's ``fd_safe`` returns one flag per row (rows away from kinks).
 
-The CUDA driver (:mod:`fastloss._cuda.rowreduce`) compiles the same three stages as device
+The CUDA driver (:mod:`fastloss.kinds.rowsum.cuda`) compiles the same three stages as device
 functions: a group of threads per row (or a block per piece of a long row), each thread summing
 ``map`` over its strided elements, a shared-memory reduction of the sums, every thread running
 ``finish`` on the group's sums, then writing the gradients of its elements; the ``variant`` option
@@ -56,12 +56,12 @@ from typing import Any
 import numba
 import numpy as np
 
-from . import _buffers, _config, _stats, _threading
-from ._compile import specialise
-from ._kernels import rowreduce_cpu
-from ._kinds import register_kind
-from ._spec import Discrete, LossSpec, Param
-from ._validate import as_array, check_discrete, check_out, check_weight_shape, compute_dtype
+from ... import _buffers, _config, _stats, _threading
+from ..._compile import specialise
+from ..._spec import Discrete, LossSpec, Param
+from ..._validate import as_array, check_discrete, check_out, check_weight_shape, compute_dtype
+from ..base import register_kind
+from . import cpu as rowreduce_cpu
 
 _compile_lock = threading.Lock()
 
@@ -180,7 +180,7 @@ class RowReduceKind:
 
     @staticmethod
     def _piece_sums(kmap, short: bool):
-        """:func:`~fastloss._kernels.rowreduce_cpu.piece_sums` bound to a loss's map, compiled strictly.
+        """:func:`~fastloss.kinds.rowsum.cpu.piece_sums` bound to a loss's map, compiled strictly.
 
         ``short``: the rows are always shorter than the lanes, only :func:`short_sums` is needed.
         """

@@ -1,6 +1,6 @@
 """Row primitives: the passes over the class axis that rowwise loss kernels are written with.
 
-A rowwise kernel (see :mod:`fastloss._kernels.rowwise_cpu`) works on a *block* of rows, a
+A rowwise kernel (see :mod:`fastloss.kinds.softmax.cpu`) works on a *block* of rows, a
 C-contiguous ``(rows, classes)`` array, and leaves every pass over the class axis to the primitives
 below; what remains in the kernel is per-row scalar math. Softmax cross entropy, for example, is::
 
@@ -37,9 +37,9 @@ from numba import prange
 from numba.core import types as nbtypes
 from numba.extending import overload
 
-from .._compile import njit
-from .._config import FASTMATH
-from .mathfn import exp, log, tanh
+from ..._compile import njit
+from ..._config import FASTMATH
+from ..._kernels.mathfn import exp, log, tanh
 
 #: Exponential loops run over a multiple of this many elements, so that LLVM's vector loop covers
 #: them completely (with a plain loop, the scalar remainder of every 1000-class row costs as much

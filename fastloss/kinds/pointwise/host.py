@@ -9,12 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from . import _buffers, _config, _launcher, _stats
-from ._compile import scalar_kernel, specialise
-from ._kernels import pointwise_cpu, tuples
-from ._kinds import register_kind
-from ._spec import Discrete, LossSpec, Param
-from ._validate import (
+from ... import _buffers, _config, _launcher, _stats
+from ..._compile import scalar_kernel, specialise
+from ..._kernels import tuples
+from ..._spec import Discrete, LossSpec, Param
+from ..._validate import (
     as_array,
     broadcast_shape,
     check_discrete,
@@ -22,6 +21,8 @@ from ._validate import (
     check_weight_shape,
     compute_dtype,
 )
+from ..base import register_kind
+from . import cpu as pointwise_cpu
 
 _compile_lock = threading.Lock()
 
@@ -149,7 +150,7 @@ class PointwiseKind:
         return ()
 
     def driver(self, spec: LossSpec, stats: bool = False, kernel=None, staged: bool = False):
-        """The compiled :func:`~fastloss._kernels.pointwise_cpu.pointwise_chunks` of ``spec``.
+        """The compiled :func:`~fastloss.kinds.pointwise.cpu.pointwise_chunks` of ``spec``.
 
         One function serves serial and parallel calls (see :func:`run_driver`). ``stats``: with
         gradient statistics; ``kernel``: the scalar kernel to compile (default ``spec.kernel``; see

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from numba import prange
 
-from .._compile import njit
-from .._config import jit_options
+from ..._compile import njit
+from ..._config import jit_options
 
 #: Tile side: two float64 tiles of 64 x 64 fit in a 64 KB L1/L2 working set.
 BLOCK = 64

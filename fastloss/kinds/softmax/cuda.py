@@ -1,8 +1,8 @@
 """The rowwise kind on CUDA arrays: the declaration's own row kernel, compiled for the device.
 
 A rowwise declaration's ``kernel(x, y, t, w, g, scale, loss, *params)`` (the contract of
-:mod:`fastloss._kernels.rowwise_cpu`) does per-row scalar math and leaves the passes over the
-class axis to the row primitives ``R`` (:mod:`fastloss._kernels.rowops`). The CUDA driver compiles
+:mod:`fastloss.kinds.softmax.cpu`) does per-row scalar math and leaves the passes over the
+class axis to the row primitives ``R`` (:mod:`fastloss.kinds.softmax.primitives`). The CUDA driver compiles
 that same function with ``cuda.jit(device=True)`` after rebinding two names in its globals (and in
 those of the helpers it calls from its module), as the CPU driver rebinds ``R`` for its split mode:
 
@@ -24,8 +24,8 @@ row between threads; it runs in *thread mode*, one thread per row with serial pr
 
 Rows are handed out grid-stride (block ``b`` takes rows ``b, b + blocks, ...``); thread 0 of a
 block adds its rows' losses in row order into one partial per block, and the shared one-block
-:func:`~fastloss._cuda.kernels.finalize` adds the partials: deterministic, no host synchronisation.
-Class labels are checked on the device first (:func:`~fastloss._cuda.kernels.check_labels`, which
+:func:`~fastloss.device.kernels.finalize` adds the partials: deterministic, no host synchronisation.
+Class labels are checked on the device first (:func:`~fastloss.device.kernels.check_labels`, which
 also sums the mean's denominator); the driver never indexes with an invalid label.
 """
 
@@ -41,13 +41,15 @@ import types
 import numpy as np
 from numba import cuda, float32, float64, int64
 
-from .. import _kinds, _stats
-from .._kernels import rowops
-from .._rowwise import RowwiseKind
-from .._spec import LossSpec, Param
-from .._validate import compute_dtype
-from . import config, device, kernels
-from .device import U
+from ... import _stats
+from ..._spec import LossSpec, Param
+from ..._validate import compute_dtype
+from ...device import arrays as device
+from ...device import config, kernels
+from ...device.arrays import U
+from .. import base as _kinds
+from . import primitives as rowops
+from .host import RowwiseKind
 
 #: ``flags`` bits of the driver (SCALE_BY_DENOM shares the bit of kernels.SCALE_BY_WSUM).
 SCALE_BY_DENOM = kernels.SCALE_BY_WSUM
@@ -382,7 +384,7 @@ _ALLOCATORS = ("empty", "zeros", "ones")
 
 
 def _numpy_standin(name: str):
-    mod = types.ModuleType(f"fastloss._cuda.rowwise.{name}")
+    mod = types.ModuleType(f"fastloss.kinds.softmax.cuda.{name}")
     for fn in (_empty, _zeros, _ones):
         setattr(mod, fn.__name__[1:], cuda.jit(device=True, inline="always")(fn))
     mod.float64, mod.float32, mod.int64 = float64, float32, int64
@@ -632,7 +634,7 @@ class _Build:
         self.tk = kernels.Toolkit(threads) if fresh else kernels.toolkit(threads)
         glb = {**self.tk.globals, "REAL": float32 if real == "float32" else float64, "THREADS": threads}
         self.globals = glb
-        prims = types.ModuleType(f"fastloss._cuda.rowwise.{mode}")
+        prims = types.ModuleType(f"fastloss.kinds.softmax.cuda.{mode}")
         for name, fn in PRIMITIVES[mode].items():
             bound = types.FunctionType(fn.__code__, glb, fn.__name__, fn.__defaults__)
             setattr(prims, name, cuda.jit(device=True, inline="always")(bound))
@@ -694,7 +696,7 @@ def row_threads(nc: int) -> int:
 
 
 class CudaRowwise:
-    """The rowwise kind for CUDA arrays (same contract as :class:`fastloss._rowwise.RowwiseKind`)."""
+    """The rowwise kind for CUDA arrays (same contract as :class:`fastloss.kinds.softmax.host.RowwiseKind`)."""
 
     name = "rowwise"
 
@@ -735,7 +737,7 @@ class CudaRowwise:
 
     def ptx(self, loss, dtype: np.dtype, cc: tuple[int, int], threads: int, labels=np.int64) -> dict[str, str]:
         """PTX of the driver of ``loss`` for logits of ``dtype`` and class labels of dtype ``labels``
-        (see :mod:`fastloss._cuda.ptx`)."""
+        (see :mod:`fastloss.device.ptx`)."""
         from numba.cuda import types as nbt
         from numba.cuda.np.numpy_support import from_dtype
 

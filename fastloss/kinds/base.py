@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-import numpy as np
-
-from ._cuda import is_device_array
-from ._spec import LossSpec, Param
+from .._spec import LossSpec, Param
 
 
 class Kind(Protocol):
@@ -43,7 +40,7 @@ class Kind(Protocol):
 
 KINDS: dict[str, Kind] = {}
 
-#: CUDA implementations of the kinds, by kind name. Registered by ``fastloss._cuda`` the first time
+#: CUDA implementations of the kinds, by kind name. Registered by ``fastloss.device`` the first time
 #: a CUDA array arrives, so that host-only use never imports ``numba.cuda``.
 CUDA_KINDS: dict[str, Kind] = {}
 
@@ -56,28 +53,3 @@ def register_kind(kind: Kind) -> Kind:
 def register_cuda_kind(kind: Kind) -> Kind:
     CUDA_KINDS[kind.name] = kind
     return kind
-
-
-def select_kind(kind: Kind, spec: LossSpec, inputs, weight, out) -> Kind:
-    """``kind`` itself for host arrays; its CUDA implementation when any argument is a CUDA array.
-
-    The one dispatch point between host and device (called by :class:`fastloss._api.Loss`); for
-    NumPy arguments it costs one type check each.
-    """
-    for x in inputs:
-        if type(x) is not np.ndarray and is_device_array(x):
-            return _cuda_kind(kind, spec, inputs, weight, out)
-    if weight is not None and type(weight) is not np.ndarray and is_device_array(weight):
-        return _cuda_kind(kind, spec, inputs, weight, out)
-    if out is not None:
-        for x in out if isinstance(out, tuple) else (out,):
-            if type(x) is not np.ndarray and is_device_array(x):
-                return _cuda_kind(kind, spec, inputs, weight, out)
-    return kind
-
-
-def _cuda_kind(kind: Kind, spec: LossSpec, inputs, weight, out) -> Kind:
-    from ._cuda import kind_for, require_same_device
-
-    require_same_device(spec, inputs, weight, out)
-    return kind_for(kind.name)

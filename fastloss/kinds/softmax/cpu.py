@@ -31,7 +31,7 @@ The kernel contract (what a rowwise ``LossSpec.kernel`` is)::
     The loss's hyper-parameters as floats.
 
 Kernels do per-row scalar math with :mod:`math` and leave every pass over the class axis to the
-row primitives of :mod:`fastloss._kernels.rowops` (imported as ``R``); plain loops are allowed too
+row primitives of :mod:`fastloss.kinds.softmax.primitives` (imported as ``R``); plain loops are allowed too
 (they just do not run in parallel inside a row). Helper functions the kernel calls from its own
 module are compiled with it.
 
@@ -55,10 +55,10 @@ import types
 import numpy as np
 from numba import prange
 
-from .._compile import njit
-from .._config import FASTMATH, ROW_BLOCK
-from . import rowops
-from .tuples import chunk_stats
+from ..._compile import njit
+from ..._config import FASTMATH, ROW_BLOCK
+from ..._kernels.tuples import chunk_stats
+from . import primitives as rowops
 
 #: ``flags`` bits understood by the driver.
 NEED_GRAD = 1
@@ -173,7 +173,7 @@ def row_kernel(func, *, split: bool = False):
     """Compile a rowwise kernel and the helpers it calls from its own module.
 
     With ``split=True`` the row primitives it uses (``R.<name>`` with ``R`` the
-    :mod:`~fastloss._kernels.rowops` module, or the primitives imported by name) are bound to
+    :mod:`~fastloss.kinds.softmax.primitives` module, or the primitives imported by name) are bound to
     their parallel split twins instead.
     """
     twins = {id(pair[0]): pair[1] for pair in rowops.PRIMITIVES.values()}

@@ -1,0 +1,1 @@
+from . import host  # noqa: F401  (registers the kind)
