@@ -20,6 +20,16 @@ def as_array(loss: str, name: str, x) -> np.ndarray:
             f"{loss}: {name} is a CUDA array but another input is on the host; "
             "pass all inputs on the same device"
         )
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{loss}: {name} is a masked array; fastloss does not read masks. Pass the data with masked "
+            "entries weighted out instead, e.g. weight=~np.ma.getmaskarray(a) and np.ma.getdata(a)"
+        )
+    if getattr(x, "requires_grad", False) and type(x).__module__.startswith("torch"):
+        raise TypeError(
+            f"{loss}: {name} is a PyTorch tensor that requires grad; use fastloss.torch (e.g. "
+            f"fastloss.torch.{loss}) for autograd, or pass {name}.detach()"
+        )
     arr = np.asarray(x)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{loss}: {name} must be a real numeric array, got dtype {arr.dtype}")
@@ -146,3 +156,38 @@ def check_discrete(loss: str, name: str, arr: np.ndarray, allowed: Sequence[floa
             f"{loss}: {name} must take values in {{{allowed_s}}}; "
             f"{name}[{', '.join(str(int(j)) for j in index)}] = {flat[i].item()!r}"
         )
+
+
+@njit(nogil=True, error_model="numpy")
+def _first_outside(flat, low, high, low_closed, high_closed):
+    """Index of the first element of ``flat`` outside the interval, or -1; NaN is inside.
+
+    Counted branch-free per block first (vectorised), as :func:`_first_not_in`.
+    """
+    n = flat.size
+    for lo in range(0, n, _SCAN_BLOCK):
+        hi = min(lo + _SCAN_BLOCK, n)
+        bad = 0
+        for i in range(lo, hi):
+            v = flat[i]
+            bad += (v < low) | (v > high) | ((v == low) & (not low_closed)) | ((v == high) & (not high_closed))
+        if bad:
+            for i in range(lo, hi):
+                v = flat[i]
+                if (v < low) | (v > high) | ((v == low) & (not low_closed)) | ((v == high) & (not high_closed)):
+                    return i
+    return -1
+
+
+def outside(arr: np.ndarray, low: float, high: float, low_closed: bool, high_closed: bool) -> int:
+    """Flat index of the first element of ``arr`` outside the interval (NaN counts as inside), or -1."""
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    if flat.dtype.kind == "b":
+        flat = flat.view(np.uint8)
+    elif flat.dtype.kind == "f" and flat.dtype.itemsize < 4:
+        flat = flat.astype(np.float32)
+    elif not flat.dtype.isnative:
+        flat = flat.astype(flat.dtype.newbyteorder("="))
+    if not flat.flags.writeable:  # one compilation for read-only and writable arrays
+        flat = flat.copy() if flat.size <= _SCAN_BLOCK else flat
+    return int(_first_outside(flat, float(low), float(high), bool(low_closed), bool(high_closed)))

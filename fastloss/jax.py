@@ -33,6 +33,7 @@ import numpy as np
 
 from . import _adapters
 from ._api import Loss
+from ._call import signed_weights
 from ._registry import REGISTRY
 
 __all__ = ["wrap"]
@@ -126,7 +127,8 @@ def _vjp_function(loss: Loss, params: tuple, reduction: str, present: tuple[int,
     def host_weighted_grad(cotangent, *arrays):
         args, weight = call_args(arrays)
         w = np.asarray(cotangent, dtype=np.float64) if weight is None else np.asarray(cotangent) * weight
-        grads = loss.grad(*args, **kw, weight=w, reduction="sum")
+        with signed_weights():  # the cotangent may be negative
+            grads = loss.grad(*args, **kw, weight=w, reduction="sum")
         return grads if isinstance(grads, tuple) else (grads,)
 
     def recompute(arrays) -> bool:

@@ -53,6 +53,7 @@ import torch
 
 from . import _adapters
 from ._api import Loss
+from ._call import signed_weights
 from ._registry import REGISTRY
 
 __all__ = ["wrap"]
@@ -142,7 +143,8 @@ class _FusedLoss(torch.autograd.Function):
             w = w.double().numpy() if call.device is None else call.array(w.contiguous())
             if call.weight is not None:
                 w = w * call.weight
-            grads = call.loss.grad(*arrays, **call.kwargs(w, "sum"))
+            with signed_weights():  # grad_output may be negative
+                grads = call.loss.grad(*arrays, **call.kwargs(w, "sum"))
             by_input = dict(zip(call.diff, grads if isinstance(grads, tuple) else (grads,)))
             for k in ctx.wanted:
                 out[1 + k] = call.result(by_input[k], ctx.dtypes[k])

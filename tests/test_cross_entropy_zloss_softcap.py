@@ -16,7 +16,7 @@ from reference.multiclass import cross_entropy as ref_ce
 from reference.multiclass import cross_entropy_z_part
 
 import fastloss as fl
-from fastloss import _rowwise
+from fastloss.kinds.softmax import host as _rowwise
 
 IGNORE = -100
 
@@ -149,7 +149,7 @@ def test_soft_capping_allocates_no_logits_sized_buffer():
 
 @pytest.mark.parametrize("form", ["index", "probs"])
 def test_split_rows_and_serial_paths_give_identical_bits(form, monkeypatch):
-    from fastloss._kernels import rowops
+    from fastloss.kinds.softmax import primitives as rowops
 
     rng = np.random.default_rng(7)
     c = 2 * rowops.SEGMENT + 77

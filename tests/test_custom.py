@@ -117,7 +117,7 @@ def test_same_driver_as_built_ins(pointwise_path):
             assert a[2].nonfinite == b[2].nonfinite
             np.testing.assert_allclose([a[2].norm, a[2].max_abs], [b[2].norm, b[2].max_abs], rtol=1e-14)
     # one driver template for both: the custom loss binds its kernel into the built-ins' code
-    kind = fl._pointwise.POINTWISE
+    kind = fl.kinds.KINDS["pointwise"]
     ours, builtin = kind.driver(my_mse.spec), kind.driver(fl.mse.spec)
     assert ours is not builtin and ours.py_func.__code__ is builtin.py_func.__code__
 
@@ -372,9 +372,9 @@ import numpy as np
 import fastloss as fl
 from userlosses import row_square, scaled_cosh
 v = scaled_cosh(np.linspace(-1, 1, 101), 0.0, reduction="sum")
-drv = fl._pointwise.POINTWISE.driver(scaled_cosh.spec)
+drv = fl.kinds.KINDS["pointwise"].driver(scaled_cosh.spec)
 r = row_square(np.eye(3), np.array([0, 1, 1]), reduction="sum")
-row_drv = fl._rowwise.ROWWISE.driver(row_square.spec, "ser")
+row_drv = fl.kinds.KINDS["rowwise"].driver(row_square.spec, "ser")
 again = pickle.loads(pickle.dumps(scaled_cosh))
 print(json.dumps({"value": float(v), "hits": sum(drv.stats.cache_hits.values()),
                   "misses": sum(drv.stats.cache_misses.values()), "same": again is scaled_cosh,

@@ -110,7 +110,8 @@ def _inputs(n):
 
 def test_path_follows_size_and_measured_speed(launches, monkeypatch):
     import fastloss as fl
-    from fastloss import _config, _pointwise
+    from fastloss import _config
+    from fastloss.kinds.pointwise import host as _pointwise
 
     drv = _pointwise.POINTWISE.driver(fl.mse.spec)
     mid = (_config.POINTWISE_SERIAL_BELOW + _config.POINTWISE_PARALLEL_FROM) // 2
@@ -135,7 +136,8 @@ def test_path_follows_size_and_measured_speed(launches, monkeypatch):
 
 def test_a_call_that_compiles_is_not_taken_as_a_speed(launches):
     import fastloss as fl
-    from fastloss import _config, _pointwise
+    from fastloss import _config
+    from fastloss.kinds.pointwise import host as _pointwise
 
     @fl.pointwise
     def cubic_test_loss(pred, target):

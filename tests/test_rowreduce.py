@@ -18,8 +18,8 @@ from test_runtime import run_python
 from test_stats import assert_stats
 
 import fastloss as fl
-from fastloss import _rowreduce
-from fastloss._kernels import rowreduce_cpu
+from fastloss.kinds.rowsum import cpu as rowreduce_cpu
+from fastloss.kinds.rowsum import host as _rowreduce
 
 #: Shapes that reach each path: short rows in parallel blocks, and a few rows longer than a piece.
 BIG = {"last": [(3000, 32), (3, 9000)], "first": [(700, 10, 10), (3, 3, 50, 61)]}

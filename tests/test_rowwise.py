@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from reference.multiclass import REFERENCES
 
 import fastloss as fl
-from fastloss import _rowwise
+from fastloss.kinds.softmax import host as _rowwise
 
 ROWWISE = fl.names("rowwise")
 SOFTMAX = [n for n in ROWWISE if n != "multiclass_hinge"]
@@ -616,7 +616,7 @@ def test_signatures_show_the_rowwise_options():
     ("kl_divergence", "probs", {}),
 ])
 def test_split_rows_and_serial_paths_give_identical_bits(name, form, kw, monkeypatch):
-    from fastloss._kernels import rowops
+    from fastloss.kinds.softmax import primitives as rowops
 
     rng = np.random.default_rng(19)
     c = 2 * rowops.SEGMENT + 123
@@ -688,7 +688,7 @@ def test_concurrent_calls_from_python_threads():
 
 _CACHE_PROBE = textwrap.dedent("""
     import json, numpy as np, fastloss as fl
-    from fastloss import _rowwise
+    from fastloss.kinds.softmax import host as _rowwise
     x = np.linspace(-3, 3, 24).reshape(4, 6)
     v = fl.multiclass_hinge(x, np.array([0, 1, 2, 3]))  # the quickest rowwise kernel to compile
     drv = _rowwise.ROWWISE.driver(fl.multiclass_hinge.spec, "ser")  # the one the call compiled
@@ -738,7 +738,7 @@ def test_float32_exponential_against_numpy():
 
 
 def test_cross_entropy_common_case_has_a_kernel_of_its_own():
-    from fastloss import _rowwise
+    from fastloss.kinds.softmax import host as _rowwise
     from fastloss.losses import multiclass
 
     rng = np.random.default_rng(5)
