@@ -10,17 +10,24 @@ from typing import Any
 import numpy as np
 
 from ... import _buffers, _config, _launcher, _stats
+from ..._call import (
+    Result,
+    check_domain,
+    check_domains,
+    check_outs,
+    check_size,
+    check_weight,
+    checked_domains,
+    mean_scale,
+    reduce_value,
+    same_memory,
+    warn_column_broadcast,
+    writes_through,
+)
 from ..._compile import scalar_kernel, specialise
 from ..._kernels import tuples
 from ..._spec import Discrete, LossSpec, Param
-from ..._validate import (
-    as_array,
-    broadcast_shape,
-    check_discrete,
-    check_out,
-    check_weight_shape,
-    compute_dtype,
-)
+from ..._validate import as_array, broadcast_shape, check_discrete, check_weight_shape, compute_dtype, outside
 from ..base import register_kind
 from . import cpu as pointwise_cpu
 
@@ -48,14 +55,6 @@ def flat_contiguous(arr: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) ->
     if arr.shape == shape and arr.dtype == dtype and arr.flags.c_contiguous:
         return arr.reshape(-1)
     return np.ascontiguousarray(np.broadcast_to(arr, shape), dtype=dtype).reshape(-1)
-
-
-def scale_for(reduction: str, n: int, wsum: float | None) -> float:
-    """Gradient scale of the reduction; a zero weight sum gives inf (and so nan/inf results, like NumPy)."""
-    if reduction != "mean":
-        return 1.0
-    denom = float(n) if wsum is None else wsum
-    return 1.0 / denom if denom != 0.0 else math.inf
 
 
 _EMPTY = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
@@ -114,6 +113,8 @@ class _Layout:
         self.discrete = [(k, i.domain.values) for k, i in enumerate(spec.inputs) if isinstance(i.domain, Discrete)]
         self.adapt = spec.options.get("adapt_inputs")
         self.plain = self.adapt is None and not self.discrete
+        #: declared domains of targets that every call checks (None: they depend on parameters)
+        self.domains = checked_domains(spec, {}) if spec.domains is None else None
         #: ``kernel_for(params) -> kernel``: a kernel specialised on some parameter values (e.g. the
         #: bool switches of ``poisson_nll``, so that the vectorised loop does not compute both arms)
         self.kernel_for = spec.options.get("kernel_for")
@@ -191,11 +192,17 @@ class PointwiseKind:
         if not layout.plain:
             return None
         defaults = {p.name: p.default for p in params}
+
+        def scans(pvals):  # the declared domains to check, as arguments of ``outside``
+            return tuple((k, d.low, d.high, d.closed[0], d.closed[1]) for k, d in checked_domains(spec, pvals))
+
+        vary = spec.domains is not None  # domains that depend on parameter values
         try:
             if spec.check is not None:
                 spec.check(dict(defaults))
             default_kparams = spec.kernel_params(defaults)
             default_kernel = layout.kernel(defaults)
+            default_scans = scans(defaults)
         except Exception:  # a declaration whose defaults need the general path
             return None
         by_name = {p.name: p for p in params}
@@ -233,6 +240,7 @@ class PointwiseKind:
             out = None
             kparams = default_kparams
             kernel = default_kernel
+            domains = default_scans
             if kwargs:
                 pvals = None
                 for key, v in kwargs.items():
@@ -263,10 +271,15 @@ class PointwiseKind:
                         return slow  # the general path raises it, after its own earlier checks
                     kparams = spec.kernel_params(pvals)
                     kernel = layout.kernel(pvals)
+                    if vary:
+                        domains = scans(pvals)
             n = x0.size
             if n == 0:
                 return slow
             xs = args if flat else tuple([x.reshape(-1) for x in args])
+            for k, lo, hi, lo_closed, hi_closed in domains:  # targets in their declared domain
+                if outside(xs[k], lo, hi, lo_closed, hi_closed) >= 0:
+                    return slow
             staged = False
             if not need_grad:
                 gs = no_grads[dtype]
@@ -290,6 +303,8 @@ class PointwiseKind:
                     for i in others[j]:  # an out may alias its own input only: let the general path decide
                         if np.may_share_memory(o, args[i]):
                             return slow
+                    if np.may_share_memory(o, args[diff[j]]) and not same_memory(o, args[diff[j]]):
+                        return slow  # a partial overlap with its own input: computed in a private buffer
                     for jj, oo in enumerate(outs):
                         if jj != j and oo is not None and np.may_share_memory(o, oo):
                             return slow
@@ -334,31 +349,43 @@ class PointwiseKind:
             arrays = originals = inputs
             dtype = inputs[0].dtype
             shape = inputs[0].shape
+            if layout.domains is None:
+                check_domains(spec, params, inputs)
+            else:
+                for k, dom in layout.domains:
+                    check_domain(name, layout.names[k], inputs[k], dom)
         else:
             arrays = [as_array(name, n, x) for n, x in zip(layout.names, inputs)]
             dtype = compute_dtype(arrays[0])
             originals = arrays
+            # inputs, weight, gradients and per-element losses are materialised at the largest
+            # input's size (at least): refuse the impossible before any scan of a broadcast view
+            check_size(name, max((a.shape for a in arrays), key=math.prod), dtype.itemsize,
+                       len(arrays) + len(diff) + 1)
             if layout.adapt is not None:
                 arrays = layout.adapt(arrays)
             shape = broadcast_shape(name, layout.names, arrays)
+            warn_column_broadcast(name, layout.names, originals, shape)
+            check_size(name, shape, dtype.itemsize, len(arrays) + len(diff) + 1)
             for k, values in layout.discrete:
                 check_discrete(name, layout.names[k], arrays[k], values)
+            check_domains(spec, params, originals)
             xs = tuple([flat_contiguous(a, shape, dtype) for a in arrays])
-        outs = self._check_outs(spec, out, originals, diff, weight) if need_grad else None
+        outs = check_outs(name, layout.names, diff, out, originals, weight) if need_grad else None
         n = xs[0].size
-        wsum = None
+        denom = float(n)
         if weight is not None:
-            warr = as_array(name, "weight", weight)
+            warr = check_weight(name, weight)
             check_weight_shape(name, warr, shape)
             w = flat_contiguous(warr, shape, dtype)
             if reduction == "mean":
-                wsum = float(np.sum(w, dtype=np.float64))
+                denom = float(np.sum(w, dtype=np.float64))
         else:
             w = _empty(dtype)
-        scale = scale_for(reduction, n, wsum)
+        scale = mean_scale(reduction, denom)
 
         if need_grad:
-            gs = tuple([self._grad_buffer(o, shape, dtype) for o in outs])
+            gs = tuple([self._grad_buffer(o, originals[k], shape, dtype) for o, k in zip(outs, diff)])
         else:
             gs = (_empty(dtype),) * len(diff)
         per_element = need_value and reduction == "none"
@@ -380,48 +407,21 @@ class PointwiseKind:
         value = None
         if need_value:
             out_dtype = arrays[0].dtype if arrays[0].dtype.kind == "f" else dtype
-            if reduction == "none":
-                value = loss_out.reshape(shape).astype(out_dtype, copy=False)
-            elif reduction == "sum":
-                value = out_dtype.type(total)
-            else:
-                value = out_dtype.type(total * scale) if n else out_dtype.type(np.nan)
+            value = reduce_value(reduction, total, loss_out, scale, n, shape, out_dtype)
         grads = ()
         if need_grad:
             grads = tuple(
                 self._finish_grad(g, arrays[k], originals[k].shape, outs[j], shape)
                 for j, (g, k) in enumerate(zip(gs, diff))
             )
-        if stats:
-            return value, grads, _stats.combine(stat_rows)
-        return value, grads
+        return Result(value, grads, _stats.combine(stat_rows) if stats else None)
 
     @staticmethod
-    def _check_outs(spec, out, arrays, diff, weight):
-        if out is None:
-            return [None] * len(diff)
-        names = [spec.inputs[k].name for k in diff]
-        outs = list(out) if isinstance(out, tuple) else [out]
-        if len(outs) != len(diff):
-            raise ValueError(f"{spec.name}: out must hold {len(diff)} gradient buffer(s) ({', '.join(names)})")
-        checked = []
-        for j, (k, o) in enumerate(zip(diff, outs)):
-            if o is None:
-                checked.append(None)
-                continue
-            x = arrays[k]
-            gdtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
-            forbidden = [(spec.inputs[i].name, a) for i, a in enumerate(arrays) if i != k]
-            forbidden += [(f"out[{jj}]", oo) for jj, oo in enumerate(outs) if jj != j and oo is not None]
-            if weight is not None and isinstance(weight, np.ndarray):
-                forbidden.append(("weight", weight))
-            checked.append(check_out(spec.name, f"out[{j}]" if len(diff) > 1 else "out", o, x.shape, gdtype, forbidden))
-        return checked
-
-    @staticmethod
-    def _grad_buffer(out, shape, dtype) -> np.ndarray:
-        """Write straight into ``out`` when it is already the flat buffer the driver needs."""
-        if out is not None and out.shape == shape and out.dtype == dtype and out.flags.c_contiguous:
+    def _grad_buffer(out, own, shape, dtype) -> np.ndarray:
+        """Write straight into ``out`` when it is already the flat buffer the driver needs and is
+        either its own input exactly (in place: the driver stages it) or overlaps no input."""
+        if (out is not None and out.shape == shape and out.dtype == dtype and out.flags.c_contiguous
+                and writes_through(out, own)):
             return out.reshape(-1)
         return _buffers.empty(math.prod(shape), dtype)
 

@@ -57,9 +57,19 @@ import numba
 import numpy as np
 
 from ... import _buffers, _config, _stats, _threading
+from ..._call import (
+    Result,
+    check_domains,
+    check_outs,
+    check_weight,
+    grad_dtype,
+    mean_scale,
+    reduce_value,
+    writes_through,
+)
 from ..._compile import specialise
 from ..._spec import Discrete, LossSpec, Param
-from ..._validate import as_array, check_discrete, check_out, check_weight_shape, compute_dtype
+from ..._validate import as_array, check_discrete, check_weight_shape, compute_dtype
 from ..base import register_kind
 from . import cpu as rowreduce_cpu
 
@@ -219,6 +229,7 @@ class RowReduceKind:
             self._check_row_input(name, L.names[k], arrays[k], lead)
         for k, values in L.discrete:
             check_discrete(name, L.names[k], arrays[k], values)
+        check_domains(spec, params, arrays)
         if L.check_inputs is not None:
             L.check_inputs(name, dict(zip(L.names, arrays)))
         dtype = compute_dtype(arrays[first])
@@ -226,23 +237,20 @@ class RowReduceKind:
         ys = tuple(np.ascontiguousarray(np.broadcast_to(arrays[k], lead), dtype=np.float64).reshape(n)
                    for k in L.per_row)
 
-        wsum = None
+        denom = float(n)
         if weight is not None:
-            warr = as_array(name, "weight", weight)
+            warr = check_weight(name, weight)
             check_weight_shape(name, warr, lead)
             w = np.ascontiguousarray(np.broadcast_to(warr, lead), dtype=np.float64).reshape(n)
             if reduction == "mean":
-                wsum = float(np.sum(w))
+                denom = float(np.sum(w))
         else:
             w = np.empty(0, np.float64)
-        scale = 1.0
-        if reduction == "mean":
-            denom = float(n) if wsum is None else wsum
-            scale = 1.0 / denom if denom != 0.0 else math.inf
+        scale = mean_scale(reduction, denom)
 
-        outs = self._check_outs(spec, L, out, arrays, weight) if need_grad else None
+        outs = check_outs(name, L.names, L.diff, out, arrays, weight) if need_grad else None
         if need_grad:
-            gs = tuple(self._grad_buffer(o, shape, dtype, n, d) for o in outs)
+            gs = tuple(self._grad_buffer(o, arrays[k], dtype, n, d) for o, k in zip(outs, L.diff))
         else:
             gs = tuple(np.empty((0, d), dtype) for _ in L.diff)
         per_row = need_value and reduction == "none"
@@ -269,21 +277,11 @@ class RowReduceKind:
 
         value = None
         if need_value:
-            x0 = arrays[first]
-            out_dtype = x0.dtype if x0.dtype.kind == "f" else np.dtype(np.float64)
-            if reduction == "none":
-                value = loss_rows.reshape(lead).astype(out_dtype, copy=False)
-            elif reduction == "sum":
-                value = out_dtype.type(total)
-            else:
-                with np.errstate(invalid="ignore"):
-                    value = out_dtype.type(total * scale) if n else out_dtype.type(np.nan)
+            value = reduce_value(reduction, total, loss_rows, scale, n, lead, grad_dtype(arrays[first]))
         grads = ()
         if need_grad:
             grads = tuple(self._finish_grad(g, arrays[k], shape, o) for g, k, o in zip(gs, L.diff, outs))
-        if stats:
-            return value, grads, _stats.combine(stat_rows)
-        return value, grads
+        return Result(value, grads, _stats.combine(stat_rows) if stats else None)
 
     @staticmethod
     def _row_shape(name: str, L: _Layout, shape: tuple[int, ...], xname: str) -> tuple[tuple[int, ...], int]:
@@ -310,32 +308,10 @@ class RowReduceKind:
             )
 
     @staticmethod
-    def _check_outs(spec, L: _Layout, out, arrays, weight):
-        if out is None:
-            return [None] * len(L.diff)
-        names = [L.names[k] for k in L.diff]
-        outs = list(out) if isinstance(out, tuple) else [out]
-        if len(outs) != len(L.diff):
-            raise ValueError(f"{spec.name}: out must hold {len(L.diff)} gradient buffer(s) ({', '.join(names)})")
-        checked = []
-        for j, (k, o) in enumerate(zip(L.diff, outs)):
-            if o is None:
-                checked.append(None)
-                continue
-            x = arrays[k]
-            gdtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
-            forbidden = [(L.names[i], a) for i, a in enumerate(arrays) if i != k]
-            forbidden += [(f"out[{jj}]", oo) for jj, oo in enumerate(outs) if jj != j and oo is not None]
-            if isinstance(weight, np.ndarray):
-                forbidden.append(("weight", weight))
-            label = f"out[{j}]" if len(L.diff) > 1 else "out"
-            checked.append(check_out(spec.name, label, o, x.shape, gdtype, forbidden))
-        return checked
-
-    @staticmethod
-    def _grad_buffer(out, shape, dtype, n: int, d: int) -> np.ndarray:
-        """Write straight into ``out`` when it is already the C-contiguous buffer the driver needs."""
-        if out is not None and out.dtype == dtype and out.flags.c_contiguous:
+    def _grad_buffer(out, own, dtype, n: int, d: int) -> np.ndarray:
+        """Write straight into ``out`` when it is already the C-contiguous buffer the driver needs and
+        either is its own input exactly or overlaps no input (see :func:`fastloss._call.writes_through`)."""
+        if out is not None and out.dtype == dtype and out.flags.c_contiguous and writes_through(out, own):
             return out.reshape(n, d)
         return _buffers.empty((n, d), dtype)
 

@@ -28,8 +28,9 @@ import math
 import numpy as np
 
 from ... import _config, _stats, _threading
+from ..._call import Result, check_outs, check_weight, grad_dtype, mean_scale, reduce_value
 from ..._spec import LossSpec, Param
-from ..._validate import as_array, check_out, check_weight_shape, compute_dtype
+from ..._validate import as_array, check_weight_shape, compute_dtype
 from ..base import register_kind
 from . import cpu as similarity_cpu
 
@@ -92,16 +93,16 @@ class SimilarityKind:
         symmetric = bool(params["symmetric"])
 
         w = None
-        wsum = float(n)
+        denom = float(n)
         if weight is not None:
-            warr = as_array(name, "weight", weight)
+            warr = check_weight(name, weight)
             check_weight_shape(name, warr, (n,))
             w = np.ascontiguousarray(np.broadcast_to(warr, (n,)), dtype=np.float64)
-            wsum = float(np.sum(w))
-        scale = 1.0
-        if reduction == "mean":
-            scale = 1.0 / wsum if wsum != 0.0 else math.inf
-        outs = self._check_outs(spec, names, out, (z1, z2), weight) if need_grad else None
+            denom = float(np.sum(w))
+        scale = mean_scale(reduction, denom)
+        if need_grad and out is not None and not isinstance(out, tuple):
+            raise ValueError(f"{name}: out must hold 2 gradient buffers ({', '.join(names)})")
+        outs = check_outs(name, names, (0, 1), out, (z1, z2), weight) if need_grad else None
 
         per_pair = np.zeros(n)
         grads = (np.zeros(z1.shape, dtype), np.zeros(z2.shape, dtype))
@@ -146,21 +147,11 @@ class SimilarityKind:
 
         value = None
         if need_value:
-            out_dtype = z1.dtype if z1.dtype.kind == "f" else np.dtype(np.float64)
-            total = float(np.sum(per_pair))
-            if reduction == "none":
-                value = per_pair.astype(out_dtype)
-            elif reduction == "sum":
-                value = out_dtype.type(total)
-            else:
-                with np.errstate(invalid="ignore"):
-                    value = out_dtype.type(total * scale) if n else out_dtype.type(np.nan)
+            value = reduce_value(reduction, float(np.sum(per_pair)), per_pair, scale, n, (n,), grad_dtype(z1))
         result = ()
         if need_grad:
             result = tuple(self._finish_grad(g, x, o) for g, x, o in zip(grads, (z1, z2), outs))
-        if stats:
-            return value, result, _stats_of(result)
-        return value, result
+        return Result(value, result, _stats_of(result) if stats else None)
 
     @staticmethod
     def _call(kernel, parallel: bool, *args) -> None:
@@ -169,26 +160,6 @@ class SimilarityKind:
                 kernel(*args)
         else:
             kernel(*args)
-
-    @staticmethod
-    def _check_outs(spec, names, out, arrays, weight):
-        if out is None:
-            return [None, None]
-        if not isinstance(out, tuple) or len(out) != 2:
-            raise ValueError(f"{spec.name}: out must hold 2 gradient buffers ({', '.join(names)})")
-        checked = []
-        for j, (x, o) in enumerate(zip(arrays, out)):
-            if o is None:
-                checked.append(None)
-                continue
-            gdtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
-            forbidden = [(names[1 - j], arrays[1 - j])]
-            if out[1 - j] is not None:
-                forbidden.append((f"out[{1 - j}]", out[1 - j]))
-            if isinstance(weight, np.ndarray):
-                forbidden.append(("weight", weight))
-            checked.append(check_out(spec.name, f"out[{j}]", o, x.shape, gdtype, forbidden))
-        return checked
 
     @staticmethod
     def _finish_grad(g: np.ndarray, x: np.ndarray, out) -> np.ndarray:

@@ -32,9 +32,10 @@ import numba
 import numpy as np
 
 from ... import _buffers, _config, _stats, _threading
+from ..._call import Result, check_domains, check_outs, check_weight, grad_dtype, mean_scale, reduce_value
 from ..._compile import njit, specialise
 from ..._spec import LossSpec, Param
-from ..._validate import as_array, check_out, compute_dtype, overlaps
+from ..._validate import as_array, compute_dtype, overlaps
 from ..base import register_kind
 from . import cpu as rowwise_cpu
 from . import primitives as rowops
@@ -83,15 +84,6 @@ def _mode(n: int, nc: int) -> str:
         if n < 0.75 * threads * -(-n // threads):  # rows per thread, rounded up
             return "split"
     return "par"
-
-
-def _reduced(rows, total, reduction, scale, n, lead, out_dtype):
-    """The value for ``reduction`` from the per-row losses or their float64 sum."""
-    if reduction == "none":
-        return rows.reshape(lead).astype(out_dtype, copy=False)
-    if reduction == "sum":
-        return out_dtype.type(total)
-    return out_dtype.type(total * scale) if n else out_dtype.type(np.nan)
 
 
 class RowwiseKind:
@@ -171,7 +163,7 @@ class RowwiseKind:
         if weight is not None:
             if not spec.options.get("class_weight", True):
                 raise TypeError(f"{name}: takes no class weights (weight=)")
-            warr = as_array(name, "weight", weight)
+            warr = check_weight(name, weight)
             if warr.shape != (nc,):
                 raise ValueError(f"{name}: weight must hold one weight per class, shape ({nc},); got {warr.shape}")
             w = np.ascontiguousarray(warr, dtype=np.float64)
@@ -194,11 +186,10 @@ class RowwiseKind:
             else:
                 denom = float(count)
         else:
+            check_domains(spec, params, (logits, target))  # probabilities
             y = np.empty(0, np.int64)
             denom = float(n)
-        scale = 1.0
-        if reduction == "mean":
-            scale = 1.0 / denom if denom != 0.0 else math.inf  # 0 samples or weights: NaN mean, as PyTorch
+        scale = mean_scale(reduction, denom)  # 0 samples or weights: NaN mean, as PyTorch
 
         # -- rows: (n, classes) C-contiguous, copying only when the layout or dtype requires it --
         xm = _classes_last(logits, axis)
@@ -208,14 +199,11 @@ class RowwiseKind:
             t2 = np.ascontiguousarray(_classes_last(target, axis), dtype=dtype).reshape(n, nc)
         else:
             t2 = np.empty((0, nc), dtype)
-        gdtype = logits.dtype if logits.dtype.kind == "f" else np.dtype(np.float64)
+        gdtype = grad_dtype(logits)
         direct = None
         if need_grad:
             if out is not None:
-                forbidden = [(tname, target)]
-                if isinstance(weight, np.ndarray):
-                    forbidden.append(("weight", weight))
-                out = check_out(name, "out", out, logits.shape, gdtype, forbidden)
+                out = check_outs(name, (xname, tname), (0,), out, (logits, target), weight)[0]
                 om = _classes_last(out, axis)
                 if out.dtype == dtype and om.flags.c_contiguous:
                     direct = om.reshape(n, nc)
@@ -260,12 +248,12 @@ class RowwiseKind:
         value = None
         if need_value:
             out_dtype = logits.dtype if logits.dtype.kind == "f" else np.dtype(np.float64)
-            value = _reduced(loss_rows[:n], total, reduction, scale, n, lead, out_dtype)
+            value = reduce_value(reduction, total, loss_rows[:n], scale, n, lead, out_dtype)
             if aux:
                 aux_total = 0.0
                 for p in partials[nb:]:  # block order, as the driver adds the losses
                     aux_total += p
-                value = (value, _reduced(loss_rows[n:], aux_total, reduction, scale, n, lead, out_dtype))
+                value = (value, reduce_value(reduction, aux_total, loss_rows[n:], scale, n, lead, out_dtype))
         grads = ()
         if need_grad:
             if g2 is direct:
@@ -280,9 +268,7 @@ class RowwiseKind:
                 else:
                     grad = full.astype(gdtype, copy=False)
             grads = (grad,)
-        if stats:
-            return value, grads, _stats.combine(stat_rows)
-        return value, grads
+        return Result(value, grads, _stats.combine(stat_rows) if stats else None)
 
     @staticmethod
     def _target_form(spec, logits, target, lead, axis) -> str:
