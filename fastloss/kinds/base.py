@@ -1,19 +1,31 @@
-"""The registry of loss kinds. A kind turns validated arguments into a value and gradients.
+"""The kind interface and registries. A kind turns validated arguments into a value and gradients.
 
-Each kind module (``_pointwise.py``, ``_rowwise.py``, ...) defines a class implementing
-:class:`Kind` and registers one instance here under its name; :class:`fastloss._api.Loss`
-dispatches on ``spec.kind``.
+Each kind's host side (``fastloss/kinds/<kind>/host.py``) defines a class implementing
+:class:`Kind` and registers one instance in :data:`KINDS`; its CUDA side registers in
+:data:`CUDA_KINDS` when first needed. :class:`fastloss._api.Loss` dispatches on ``spec.kind``
+through :func:`fastloss.kinds.select_kind`.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
+from .._call import Result
 from .._spec import LossSpec, Param
 
 
 class Kind(Protocol):
+    """What the rest of fastloss asks of a kind: nothing outside ``fastloss/kinds`` switches on a
+    kind's name. The host side of each kind (``<kind>/host.py``) implements all of it; the CUDA side
+    (``<kind>/cuda.py``) implements ``name``, ``extra_params`` and ``run``."""
+
+    #: registry key, ``LossSpec.kind``
     name: str
+    #: one loss per element (scoring and Dask may cut inputs along any axis), or one per row
+    elementwise: bool
+    #: ``"scale"`` or ``"weight"``: how the framework adapters differentiate ``reduction="none"``
+    #: (see :mod:`fastloss._adapters`)
+    none_backward: str
 
     def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
         """Keyword options the kind adds to every loss of that kind (e.g. ``axis``)."""
@@ -30,12 +42,22 @@ class Kind(Protocol):
         need_grad: bool,
         out: Any,
         stats: bool = False,
-    ) -> tuple:
-        """Return ``(value or None, gradients)``, one gradient per differentiable input.
+    ) -> Result:
+        """One call: checks, the fused driver, the reduction (see :mod:`fastloss._call`).
 
-        With ``stats=True`` return ``(value, gradients, GradStats)``, the statistics computed in
-        the same pass as the gradients (see :mod:`fastloss._stats`).
+        Returns :class:`~fastloss._call.Result`: the value (None unless asked for), one gradient
+        per differentiable input (empty unless asked for) and, with ``stats=True``, the
+        statistics of the gradients computed in the same pass (see :mod:`fastloss._stats`).
         """
+
+    def per_sample_shape(self, spec: LossSpec, params: dict, shapes) -> tuple[int, ...]:
+        """Shape of the ``reduction="none"`` value for inputs of these shapes (None: omitted)."""
+
+    def none_rule(self, spec: LossSpec, params: dict, shapes, wanted) -> str:
+        """``none_backward`` refined for one call (``wanted``: inputs whose gradient is needed)."""
+
+    def cotangent_shape(self, spec: LossSpec, params: dict, value_shape, grad_ndim: int) -> tuple[int, ...]:
+        """A per-sample cotangent reshaped to broadcast over a gradient of ``grad_ndim`` axes."""
 
 
 KINDS: dict[str, Kind] = {}

@@ -142,6 +142,37 @@ class PointwiseKind:
     """Losses defined element by element: ``kernel(*inputs, *params) -> (value, *grads)``."""
 
     name = "pointwise"
+    #: one loss per element: scoring and Dask may cut the inputs along any axis
+    elementwise = True
+    #: ``reduction="none"`` backward in the framework adapters (see :mod:`fastloss._adapters`):
+    #: scale the saved gradient, unless a differentiable input was broadcast (see ``none_rule``)
+    none_backward = "scale"
+
+    def per_sample_shape(self, spec: LossSpec, params, shapes) -> tuple[int, ...]:
+        """Shape of the ``reduction="none"`` value for inputs of these shapes (None: omitted): the
+        broadcast shape, after the declaration's ``adapt_inputs`` (asked on broadcast views of ones)."""
+        present = [s for s in shapes if s is not None]
+        adapt = spec.options.get("adapt_inputs")
+        if adapt is not None:
+            views = [None if s is None else np.broadcast_to(np.ones((), np.float64), s) for s in shapes]
+            present = [np.shape(a) for a in adapt(views) if a is not None]
+        try:
+            return tuple(np.broadcast_shapes(*present))
+        except ValueError:
+            raise ValueError(f"{spec.name}: inputs of shapes {present} do not broadcast together") from None
+
+    def none_rule(self, spec: LossSpec, params, shapes, wanted) -> str:
+        """``"scale"`` unless a differentiable input whose gradient is wanted was broadcast: one of its
+        elements then feeds several losses whose cotangents differ, so the kernel reruns weighted."""
+        try:
+            value = self.per_sample_shape(spec, params, shapes)
+        except ValueError:  # the kernel will say what is wrong with the shapes
+            return "weight"
+        return "weight" if any(shapes[k] != value for k in wanted) else "scale"
+
+    def cotangent_shape(self, spec: LossSpec, params, value_shape, grad_ndim: int) -> tuple[int, ...]:
+        """The per-sample cotangent broadcast over a gradient: the gradient has the value's shape."""
+        return tuple(value_shape)
 
     def __init__(self) -> None:
         self._drivers: dict[tuple[Any, bool, bool], Any] = {}

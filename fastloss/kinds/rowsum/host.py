@@ -154,6 +154,24 @@ class RowReduceKind:
     """Losses with one value per row from sums over the row's elements in several aligned arrays."""
 
     name = "rowreduce"
+    #: one loss per row; rows stay whole in scoring and Dask chunks
+    elementwise = False
+    #: ``reduction="none"`` backward in the adapters: each row's loss depends on its own row only
+    none_backward = "scale"
+
+    def per_sample_shape(self, spec: LossSpec, params, shapes) -> tuple[int, ...]:
+        """The row-aligned inputs' shape without the row axes (the first axis for masks)."""
+        per_row = spec.options.get("row_inputs", ())
+        x = next(s for s, i in zip(shapes, spec.inputs) if i.name not in per_row and s is not None)
+        return tuple(x[:1]) if spec.options.get("rows", "last") == "first" else tuple(x[:-1])
+
+    def none_rule(self, spec: LossSpec, params, shapes, wanted) -> str:
+        return self.none_backward
+
+    def cotangent_shape(self, spec: LossSpec, params, value_shape, grad_ndim: int) -> tuple[int, ...]:
+        """The per-row cotangent followed by 1s (rows lead in both layouts)."""
+        value_shape = tuple(value_shape)
+        return value_shape + (1,) * (grad_ndim - len(value_shape))
 
     def __init__(self) -> None:
         self._drivers: dict[tuple[Any, str], Any] = {}

@@ -71,6 +71,21 @@ class SimilarityKind:
     """Losses of the in-batch similarity matrix of two sets of embeddings (InfoNCE / CLIP)."""
 
     name = "similarity"
+    #: one loss per pair, but each depends on every other row (in-batch negatives): never chunked
+    elementwise = False
+    #: ``reduction="none"`` backward in the adapters: a pair's loss depends on other rows, so the
+    #: kernel reruns with the cotangent as per-pair weights
+    none_backward = "weight"
+
+    def per_sample_shape(self, spec: LossSpec, params, shapes) -> tuple[int, ...]:
+        """One loss per pair: the first view's rows."""
+        return tuple(shapes[0][:1])
+
+    def none_rule(self, spec: LossSpec, params, shapes, wanted) -> str:
+        return self.none_backward
+
+    def cotangent_shape(self, spec: LossSpec, params, value_shape, grad_ndim: int) -> tuple[int, ...]:
+        return tuple(value_shape)
 
     def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
         return ()

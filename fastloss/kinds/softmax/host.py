@@ -90,6 +90,25 @@ class RowwiseKind:
     """Losses with one value per sample from a reduction over the class axis."""
 
     name = "rowwise"
+    #: one loss per row (sample); the class axis stays whole in scoring and Dask chunks
+    elementwise = False
+    #: ``reduction="none"`` backward in the adapters: each row's loss depends on its own row only
+    none_backward = "scale"
+
+    def per_sample_shape(self, spec: LossSpec, params, shapes) -> tuple[int, ...]:
+        """The logits' shape without the class axis."""
+        x = shapes[0]
+        axis = params["axis"] % len(x) if x else 0
+        return tuple(d for i, d in enumerate(x) if i != axis)
+
+    def none_rule(self, spec: LossSpec, params, shapes, wanted) -> str:
+        return self.none_backward
+
+    def cotangent_shape(self, spec: LossSpec, params, value_shape, grad_ndim: int) -> tuple[int, ...]:
+        """The per-row cotangent with a 1 where the class axis was."""
+        axis = params["axis"] % grad_ndim
+        value_shape = tuple(value_shape)
+        return (*value_shape[:axis], 1, *value_shape[axis:])
 
     def __init__(self) -> None:
         self._drivers: dict[tuple[str, str, Any], Any] = {}
