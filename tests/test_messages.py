@@ -1,0 +1,34 @@
+"""Messages a newcomer meets first: an optional framework that is missing, a tensor that needs autograd."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(("module", "extra"), [("jax", "jax"), ("torch", "torch")])
+def test_an_adapter_without_its_framework_says_which_extra_to_install(module, extra):
+    code = f"import sys; sys.modules[{module!r}] = None\nimport fastloss.{module}"  # None: as if not installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: fastloss.") and f'pip install "fastloss[{extra}]"' in last, res.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="needs the check in fastloss/_validate.py:as_array (owned by the kernel/host "
+                   "restructuring; see the io branch's report); remove this marker once it is there")
+def test_a_tensor_that_requires_grad_points_to_fastloss_torch():
+    torch = pytest.importorskip("torch")
+    import fastloss as fl
+
+    pred = torch.zeros(5, requires_grad=True)
+    with pytest.raises(TypeError, match=r"fastloss\.torch"):
+        fl.mse(pred, np.zeros(5))
