@@ -32,3 +32,14 @@ def test_a_tensor_that_requires_grad_points_to_fastloss_torch():
     pred = torch.zeros(5, requires_grad=True)
     with pytest.raises(TypeError, match=r"fastloss\.torch"):
         fl.mse(pred, np.zeros(5))
+
+
+def test_help_of_a_loss_names_grad_value_and_grad_and_out():
+    import pydoc
+
+    import fastloss as fl
+
+    for loss in (fl.huber, fl.cross_entropy):
+        text = pydoc.render_doc(loss, renderer=pydoc.plaintext)
+        for needle in (f"{loss.spec.name}.grad(", f"{loss.spec.name}.value_and_grad(", "out=", "in-place"):
+            assert needle in text, (loss.spec.name, needle)
