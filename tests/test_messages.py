@@ -43,3 +43,19 @@ def test_help_of_a_loss_names_grad_value_and_grad_and_out():
         text = pydoc.render_doc(loss, renderer=pydoc.plaintext)
         for needle in (f"{loss.spec.name}.grad(", f"{loss.spec.name}.value_and_grad(", "out=", "in-place"):
             assert needle in text, (loss.spec.name, needle)
+
+
+def test_the_benchmark_report_explains_no_bandwidth_over_100_and_the_spread():
+    import fastloss as fl
+    from fastloss.bench import report, run
+
+    bench = run(losses=["mse"], sizes=["1e3"], peers=["none"], repeats=3, max_time=0.05, quick=True,
+                coldstart_losses=[], progress=False)
+    text = report.format_text(bench)
+    md = report.format_markdown(bench)
+    buf = __import__("io").StringIO()
+    report.print_report(bench, file=buf)
+    for out in (text, md, buf.getvalue()):
+        flat = " ".join(out.split())
+        assert "met = NO" in flat and "Above 100%" in flat and "p10-p90: half the spread" in flat, out
+    assert fl.__version__
