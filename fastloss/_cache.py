@@ -143,6 +143,8 @@ def _make_locator_class(caching):
 
         def ensure_cache_path(self):
             problem = _check_entry_dir(self._cache_path)
+            if not problem:  # again: `fastloss cache clear` in another process may have removed it since
+                _private_makedirs(self._cache_path)
             if problem:
                 raise OSError(f"{self._cache_path} {problem}")
 
