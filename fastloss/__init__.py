@@ -12,8 +12,10 @@ Every loss is a callable object::
 
 from __future__ import annotations
 
-from . import _startup, _threading
+from . import _cache, _startup, _threading
 
+__version__ = "0.1.0"
+_cache.configure(__version__)  # before any cache=True kernel exists: kernels go to a per-user cache
 _threading.configure()  # must precede the first parallel kernel
 _startup.defer_blas_check()  # before Numba's first call imports SciPy for it
 
@@ -44,8 +46,6 @@ from .losses.probabilistic import gaussian_nll, poisson_nll  # noqa: E402
 from .losses.ranking import bpr, margin_ranking  # noqa: E402
 from .losses.regression import huber, log_cosh, mae, mse, quantile, robust, smooth_l1  # noqa: E402
 from .losses.regularization import l1, l2  # noqa: E402
-
-__version__ = "0.1.0"
 
 __all__ = [
     "REGISTRY",

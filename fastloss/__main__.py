@@ -1,4 +1,4 @@
-"""The ``fastloss`` command line: ``fastloss bench``, ``fastloss score``."""
+"""The ``fastloss`` command line: ``fastloss bench``, ``fastloss score``, ``fastloss cache``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     from . import _cli_score
 
     _cli_score.add_parser(sub)
+    cache = sub.add_parser("cache", help="the on-disk cache of compiled kernels")
+    cache.add_argument("action", choices=["info", "clear"],
+                       help="info: its path, number of files and size; clear: delete fastloss's cached kernels")
     args = parser.parse_args(argv)
     if args.command == "version":
         import fastloss
@@ -28,7 +31,24 @@ def main(argv: list[str] | None = None) -> int:
         return run_from_args(args)
     if args.command == "score":
         return _cli_score.run(args)
+    if args.command == "cache":
+        return _cache_command(args.action)
     return 2
+
+
+def _cache_command(action: str) -> int:
+    from . import _cache
+
+    if action == "info":
+        got = _cache.info()
+    else:
+        got = _cache.clear()
+        print(f"removed {got['files']} files ({got['bytes'] / 2**20:.1f} MiB) from {got['path']}")
+        return 0
+    print(f"path:  {got['path']}")
+    print(f"files: {got['files']}")
+    print(f"size:  {got['bytes'] / 2**20:.1f} MiB")
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ DESCRIPTION = """\
 Score stored predictions with a fastloss loss, chunk by chunk (memory bounded by the chunk size).
 Inputs: PATH.npy, PATH.npz:MEMBER, PATH.parquet:COLUMN (list columns hold logits rows).
 Writes per-sample losses (.npy or .parquet, float64, NaN for ignored rows) and a JSON summary
-(printed when --summary is not given). Outputs appear only when the run completes.
+(printed when --summary is not given). Outputs appear only when the run completes, both or neither;
+an existing file is replaced only with --overwrite (and keeps its permissions). Rows with a non-finite
+loss (NaN inputs) are reported on stderr and left out of the summary; --strict makes them an error.
 """
 
 
@@ -31,6 +33,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], metavar="K=V", help="loss hyper-parameter (repeatable)")
     p.add_argument("--per-sample", metavar="OUT", help="write per-sample losses to OUT (.npy or .parquet)")
     p.add_argument("--summary", metavar="OUT.json", help="write the JSON summary to OUT.json")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: refuse)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail (exit 1, no output) when a row's loss is not finite (e.g. NaN inputs)")
     p.add_argument("--chunk-size", type=int, metavar="N", help="rows per chunk (default: ~32 MiB of input)")
     p.add_argument("--quantiles", default=None, metavar="Q,Q,...",
                    help="quantile levels (default 0.01,0.1,0.5,0.9,0.99)")
@@ -147,6 +152,9 @@ def run(args: argparse.Namespace) -> int:
         _abort(sinks, progress)
         print(f"fastloss score: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except BaseException:  # anything else still leaves no temporaries behind
+        _abort(sinks, progress)
+        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -161,8 +169,9 @@ def _commit(sinks: list) -> None:
         held = None
     handlers = {}
     try:
-        for s in sinks:
-            s.commit()
+        from ._scoring_io import commit_all
+
+        commit_all(sinks)
         sinks.clear()
         if held is not None:  # a signal that arrived meanwhile is dropped: the run is complete
             handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in stop}
@@ -204,6 +213,11 @@ def _score(args: argparse.Namespace, sinks: list, progress: _Progress) -> str:
     labels = {names[0]: "--pred", names[1]: "--target"}
     inputs = [io.open_input(paths[n], labels.get(n, n)) if n in paths else None for n in names]
     weight = io.open_input(args.weight, "--weight") if args.weight else None
+    opened = {labels.get(n, f"--input {n}"): src.path for n, src in zip(names, inputs) if src is not None}
+    if weight is not None:
+        opened["--weight"] = weight.path
+    outputs = {opt: path for opt, path in (("--per-sample", args.per_sample), ("--summary", args.summary)) if path}
+    io.check_outputs(outputs, opened, overwrite=args.overwrite)
     quantiles = scoring.DEFAULT_QUANTILES
     if args.quantiles:
         try:
@@ -239,6 +253,13 @@ def _score(args: argparse.Namespace, sinks: list, progress: _Progress) -> str:
     finally:
         if runner is not None:
             runner.close()
+    if summary.nonfinite:
+        msg = (f"{summary.nonfinite:,} of {summary.rows:,} rows have a non-finite loss (NaN or infinite inputs?); "
+               "the summary's sum, mean and quantiles leave them out")
+        if args.strict:
+            raise scoring.ScoreError(f"{msg} (--strict)")
+        progress.close()
+        print(f"fastloss score: warning: {msg}", file=sys.stderr)
     result = {"loss": spec.name, "params": params, **summary.to_dict()}
     text = json.dumps(result, indent=2, allow_nan=False)
     if summary_sink is not None:

@@ -43,6 +43,16 @@ def render_docstring(spec: LossSpec, params: Sequence[Param], method: str) -> st
         "value_and_grad": f":func:`{spec.name}` and its gradient(s), computed in one fused pass.",
     }[method]
     parts = [lead, ""]
+    if method == "value":  # help(fl.<name>) is where a newcomer looks: name the other two entry points
+        wrt = ", ".join(f"``{d}``" for d in diff) or "its inputs"
+        parts += [textwrap.fill(
+            f"``{spec.name}.grad(...)`` returns the gradient with respect to {wrt} and "
+            f"``{spec.name}.value_and_grad(...)`` the loss and the gradient from one fused pass; both take the "
+            "arguments below, plus ``out=`` (write the gradient into a buffer of the input's shape and dtype, "
+            "which may be that input itself, for an in-place update) and ``stats=True`` (also return its "
+            "norm, max and count of non-finite entries).", 96, break_long_words=False, break_on_hyphens=False),
+            "",
+        ]
     if spec.formula:
         parts += [".. math::", "", textwrap.indent(spec.formula.strip(), "    "), ""]
     if spec.gradient:

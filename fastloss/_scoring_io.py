@@ -18,7 +18,10 @@ place, :meth:`abort` deletes it, so an interrupted run leaves no partial output 
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
+import stat
 import tempfile
 import zipfile
 
@@ -37,7 +40,10 @@ def _npy_header(f, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
             shape, fortran, dtype = fmt.read_array_header_2_0(f)
     except (ValueError, OSError, EOFError) as exc:
         raise ScoreError(f"{where}: not a valid .npy array ({str(exc).splitlines()[0]})") from None
-    return tuple(int(s) for s in shape), bool(fortran), np.dtype(dtype)
+    shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise ScoreError(f"{where}: corrupt .npy header: shape {shape} has a negative dimension")
+    return shape, bool(fortran), np.dtype(dtype)
 
 
 class NpySource:
@@ -56,14 +62,19 @@ class NpySource:
             with open(path, "rb") as f:
                 self.shape, self.fortran, self.dtype = _npy_header(f, self.label)
                 self.data_offset = f.tell()
-            needed = self.data_offset + self._nbytes()
-            if os.path.getsize(path) < needed:
-                raise ScoreError(f"{self.label}: truncated file ({os.path.getsize(path)} bytes, expected {needed})")
+            self._check_size(os.path.getsize(path) - self.data_offset)
         else:
             self._open_member()
 
     def _nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize  # Python ints: a corrupt header cannot overflow
+
+    def _check_size(self, available: int) -> None:
+        """A header that claims more data than the file holds (a corrupt or truncated file) is an error now."""
+        needed = self._nbytes()
+        if available < needed:
+            raise ScoreError(f"{self.label}: the header says shape {self.shape} ({needed:,} bytes of data) but the "
+                             f"file holds {max(available, 0):,} bytes: truncated or corrupt")
 
     def _open_member(self) -> None:
         try:
@@ -83,6 +94,7 @@ class NpySource:
                 with zf.open(name) as f:
                     self.shape, self.fortran, self.dtype = _npy_header(f, self.label)
                     self.data_offset = f.tell()
+                self._check_size(info.file_size - self.data_offset)
                 return
         with open(self.path, "rb") as f:  # a stored member: a plain .npy inside the archive
             f.seek(info.header_offset)
@@ -93,10 +105,11 @@ class NpySource:
             f.seek(self.base)
             self.shape, self.fortran, self.dtype = _npy_header(f, self.label)
             self.data_offset = f.tell()
+        self._check_size(info.file_size - (self.data_offset - self.base))
 
     @property
     def _row_bytes(self) -> int:
-        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape[1:]) * self.dtype.itemsize
 
     def read(self, lo: int, hi: int) -> np.ndarray:
         n = hi - lo
@@ -292,6 +305,34 @@ def open_input(text: str, label: str):
 # -- outputs ------------------------------------------------------------------------------------
 
 
+def _same_file(a: str, b: str) -> bool:
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)  # hard links and symlinks too
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_outputs(outputs: dict[str, str], inputs: dict[str, str], overwrite: bool = False) -> None:
+    """Refuse, before any work, outputs that would destroy data or each other.
+
+    ``outputs`` and ``inputs`` map option names (``--summary``, ``--pred``) to paths. An output may not
+    be an input or another output, nor an existing directory; an existing file is replaced only with
+    ``overwrite``.
+    """
+    seen: list[tuple[str, str]] = []
+    for opt, path in outputs.items():
+        for other_opt, other in inputs.items():
+            if _same_file(path, other):
+                raise ScoreError(f"{opt} {path} is the input {other_opt}; write the output to another file")
+        for other_opt, other in seen:
+            if _same_file(path, other):
+                raise ScoreError(f"{opt} and {other_opt} are the same file ({path}); give each its own")
+        seen.append((opt, path))
+        if os.path.isdir(path):
+            raise ScoreError(f"{opt} {path} is a directory; name a file")
+        if os.path.lexists(path) and not overwrite:
+            raise ScoreError(f"{opt} {path} exists; pass --overwrite to replace it")
+
+
 class _AtomicFile:
     """A temporary file next to ``path``, renamed onto it by :meth:`commit`."""
 
@@ -300,15 +341,28 @@ class _AtomicFile:
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise ScoreError(f"output directory does not exist: {directory}")
+        if os.path.isdir(path):
+            raise ScoreError(f"{path} is a directory; name a file")
         fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
         os.close(fd)
 
+    def finish(self) -> None:
+        """Complete the temporary file (everything that can fail short of the rename)."""
+
     def _rename(self) -> None:
-        # mkstemp creates the file private (0600); give it the permissions a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o666 & ~umask)
+        try:  # a file that is replaced keeps its permissions (a private 0600 result stays private)
+            mode = stat.S_IMODE(os.stat(self.path).st_mode)
+        except OSError:
+            # mkstemp creates the file private (0600); give a new file the permissions a plain open() would
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(self.tmp, mode)
         os.replace(self.tmp, self.path)
+
+    def commit(self) -> None:
+        self.finish()
+        self._rename()
 
     def abort(self) -> None:
         try:
@@ -339,11 +393,10 @@ class NpySink(_AtomicFile):
         self._f.flush()
         return NpySource(self.tmp, label=self.path)
 
-    def commit(self) -> None:
+    def finish(self) -> None:
         self._f.close()
         if self.written != self.n:
             raise RuntimeError(f"{self.path}: wrote {self.written} of {self.n} rows")
-        self._rename()
 
     def abort(self) -> None:
         self._f.close()
@@ -378,11 +431,10 @@ class ParquetSink(_AtomicFile):
         self._close()  # the footer must be written before the file can be read
         return ParquetColumn(self.tmp, "loss", label=self.path)
 
-    def commit(self) -> None:
+    def finish(self) -> None:
         self._close()
         if self.written != self.n:
             raise RuntimeError(f"{self.path}: wrote {self.written} of {self.n} rows")
-        self._rename()
 
     def abort(self) -> None:
         try:
@@ -400,8 +452,49 @@ class JsonSink(_AtomicFile):
             json.dump(obj, f, indent=2, allow_nan=False)
             f.write("\n")
 
-    def commit(self) -> None:
-        self._rename()
+
+def commit_all(sinks: list) -> None:
+    """Rename every sink's temporary file into place: all of them, or (on a failure) none.
+
+    Each sink is finished first; files that a rename replaces are kept as hard links until every
+    rename succeeded, so a failure part-way puts the previous files (or no file) back. The caller
+    aborts the sinks (removes their temporaries) when this raises.
+    """
+    for s in sinks:
+        s.finish()
+    done: list[tuple[_AtomicFile, str | None]] = []
+    try:
+        for s in sinks:
+            backup = None
+            if os.path.lexists(s.path):
+                backup = f"{s.tmp}.previous"
+                try:
+                    os.link(s.path, backup)
+                except OSError:  # no hard links on this file system: a copy
+                    shutil.copy2(s.path, backup)
+            try:
+                s._rename()
+            except BaseException:
+                if backup is not None:
+                    os.unlink(backup)
+                raise
+            done.append((s, backup))
+    except BaseException:
+        for s, backup in reversed(done):
+            try:
+                if backup is None:
+                    os.unlink(s.path)
+                else:
+                    os.replace(backup, s.path)
+            except OSError:
+                pass
+        raise
+    for _, backup in done:
+        if backup is not None:
+            try:
+                os.unlink(backup)
+            except OSError:
+                pass
 
 
 def open_output(path: str, n: int):

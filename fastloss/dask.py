@@ -416,20 +416,51 @@ class DaskRunner:
         window = self._window()
         try:
             for args in arg_tuples:
-                pending.append(self.client.submit(_call, job_future, method, *args, pure=False))
+                pending.append((args, self.client.submit(_call, job_future, method, *args, pure=False)))
                 if len(pending) >= window:
-                    yield pending.popleft().result()
+                    yield self._result(*pending.popleft())
             while pending:
-                yield pending.popleft().result()
+                yield self._result(*pending.popleft())
         finally:
-            for f in pending:
+            for _, f in pending:
                 f.cancel()
             job_future.release()
+
+    def _result(self, args: tuple, future):
+        """The task's result; the cluster losing it (workers gone, task cancelled) is one RuntimeError.
+
+        Errors of the job itself (a bad label, ...) come through unchanged.
+        """
+        try:
+            return future.result()
+        except Exception as exc:
+            if not _is_cluster_failure(exc):
+                raise
+            where = f"rows {args[0]}-{args[1]}" if len(args) >= 2 else "a task"
+            try:  # the first sentence: KilledWorker's message goes on with advice and a link
+                detail = " ".join(str(exc).split()).split(". ")[0][:300]
+            except Exception:
+                detail = ""
+            detail = detail or "no detail"
+            raise RuntimeError(f"the Dask cluster lost {where} ({type(exc).__name__}: {detail}); "
+                               "no output was written") from None
 
     def close(self) -> None:
         """Close the client if this runner opened it."""
         if self._own:
             self.client.close()
+
+
+def _is_cluster_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the cluster failed to run a task, rather than the task failing."""
+    import concurrent.futures
+
+    try:
+        from distributed.comm.core import CommClosedError
+        from distributed.scheduler import KilledWorker
+    except ImportError:  # pragma: no cover - distributed is what made the future
+        CommClosedError = KilledWorker = ()
+    return isinstance(exc, (concurrent.futures.CancelledError, KilledWorker, CommClosedError, TimeoutError))
 
 
 def _call(job: ScoringJob, method: str, *args):

@@ -28,8 +28,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import cache
 
-import jax
 import numpy as np
+
+try:
+    import jax
+except ImportError as exc:  # say how to get it: the extra installs the version the adapter is tested with
+    raise ImportError(f'fastloss.jax needs JAX: pip install "fastloss[jax]" '
+                      f'(from the source tree: pip install ".[jax]"); {exc}') from exc
 
 from . import _adapters
 from ._api import Loss

@@ -392,6 +392,8 @@ class ScoringJob:
                 raise ScoreError(f"{name}: unsupported dtype {dt} (expected bool, integer or floating point)")
             if len(shape) == 0:
                 raise ScoreError(f"{name}: a scalar has no rows; pass one row per sample")
+            if shape[0] > 0 and math.prod(shape[1:]) == 0:  # e.g. a corrupt header claiming (10**12, 0)
+                raise ScoreError(f"{name}: shape {shape}: its {shape[0]:,} rows hold no values; nothing to score")
             if self.n_rows < 0:
                 self.n_rows, first = shape[0], name
             elif shape[0] != self.n_rows:
@@ -402,8 +404,24 @@ class ScoringJob:
             )
 
         self._resolve_classes(per_class)
+        self._resolve_intervals()
         # a first small chunk validates parameters, shapes and labels before any output is made
         self.score_arrays(*self.read(0, min(self.n_rows, 16)), 0)
+
+    def _resolve_intervals(self) -> None:
+        """The inputs whose declared domain is an interval short of the real line (e.g. a target in [0, 1])."""
+        known = loss_params(self.loss)
+        full = {n: p.default for n, p in known.items()}
+        full.update(self.params)
+        domains = self.loss.spec.input_domains(full)
+        self.intervals: list[tuple[int, Interval]] = []
+        for k, (inp, src) in enumerate(zip(self.loss.spec.inputs, self.sources)):
+            dom = domains.get(inp.name)
+            if src is None or not isinstance(dom, Interval) or (k == 1 and self.index_target):
+                continue  # class-index targets are checked against the number of classes instead
+            if dom.low == -math.inf and dom.high == math.inf and dom.closed == (True, True):
+                continue
+            self.intervals.append((k, dom))
 
     # -- what the loss and the target tell us ---------------------------------------------------
 
@@ -517,11 +535,26 @@ class ScoringJob:
                 raise ScoreError(
                     f"{self.names[k]}: value {a.reshape(-1)[flat].item()!r} at row {row} is not in {{{allowed_s}}}"
                 )
+        for k, dom in self.intervals:
+            a = arrays[k]
+            ok = (a >= dom.low) if dom.closed[0] else (a > dom.low)
+            ok &= (a <= dom.high) if dom.closed[1] else (a < dom.high)
+            bad = ~ok & ~np.isnan(a)  # NaN is not out of the domain: it is reported as a non-finite loss
+            if bad.any():
+                flat = int(np.argmax(bad.reshape(-1)))
+                row = lo + np.unravel_index(flat, a.shape)[0]
+                raise ScoreError(f"{self.names[k]}: value {a.reshape(-1)[flat].item()!r} at row {row} is outside "
+                                 f"{self.loss.spec.name}'s domain {dom}")
         if weight is not None:
             fin = np.isfinite(weight)
             if not fin.all():
                 i = _first(~fin)
                 raise ScoreError(f"{self.weight_name}: non-finite value {weight[i].item()} at row {lo + i}")
+            neg = weight < 0
+            if neg.any():
+                i = _first(neg)
+                raise ScoreError(f"{self.weight_name}: negative weight {weight[i].item()} at row {lo + i} "
+                                 "(sample weights must be >= 0)")
         kwargs = dict(self.params)
         call_inputs = list(arrays)
         while call_inputs and call_inputs[-1] is None:
@@ -529,7 +562,7 @@ class ScoringJob:
         try:
             out = self.loss(*call_inputs, reduction="none", **kwargs)
         except (ValueError, TypeError) as exc:
-            raise ScoreError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+            raise ScoreError(self._in_file_terms(exc, arrays)) from None
         out = np.asarray(out)
         if out.ndim == 0 or out.shape[0] != n:
             raise ScoreError(
@@ -559,6 +592,24 @@ class ScoringJob:
                 idx_c = np.minimum(idx, self.class_values.size - 1)
                 classes = np.where(self.class_values[idx_c] == t, idx_c, -1).astype(np.intp)
         return losses, ignored, classes
+
+    def _in_file_terms(self, exc: Exception, arrays: list) -> str:
+        """The loss's error about a chunk, told with the inputs' own names and full shapes.
+
+        The loss sees a chunk (the first one is a 16-row probe): its message quotes chunk shapes such
+        as ``(16, 10)``, which the user never made. Each is replaced by the whole input's shape, and
+        the inputs are listed with their files.
+        """
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        listed = []
+        for name, src, a in zip(self.names, self.sources, arrays):
+            if src is None or a is None:
+                continue
+            full = _shape(src)
+            if a.shape != full:
+                msg = msg.replace(str(tuple(a.shape)), str(full))
+            listed.append(f"{name} {full}")
+        return f"{msg} (inputs: {', '.join(listed)})" if listed else msg
 
     def new_accumulator(self) -> Accumulator:
         """An empty :class:`Accumulator` for this job's classes and weighting."""

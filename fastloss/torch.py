@@ -49,7 +49,12 @@ from collections.abc import Callable
 from functools import cache
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError as exc:  # say how to get it: the extra installs the version the adapter is tested with
+    raise ImportError(f'fastloss.torch needs PyTorch: pip install "fastloss[torch]" '
+                      f'(from the source tree: pip install ".[torch]"); {exc}') from exc
 
 from . import _adapters
 from ._api import Loss

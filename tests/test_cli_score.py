@@ -222,7 +222,7 @@ def test_progress_line(data, capsys, monkeypatch, rich):
         monkeypatch.setitem(sys.modules, "rich.console", None)
     d, _, _, _ = data
     rc, _out, err = run_cli(capsys, "mse", "--pred", d / "p.npy", "--target", d / "t.npy", "--chunk-size", 100,
-                           "--progress", "--summary", d / "prog.json")
+                           "--progress", "--summary", d / "prog.json", "--overwrite")
     assert rc == 0
     assert "rows/s" in err and f"{N:,}" in err
 

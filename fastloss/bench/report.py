@@ -76,6 +76,19 @@ RESULT_COLUMNS: tuple[tuple[str, Callable[[Result], str]], ...] = (
     ("check", lambda r: r.check),
 )
 
+#: How to read the tables: printed under them, in every output format.
+LEGEND = (
+    "p10-p90: half the spread between the 10th and 90th percentile of the timed samples, relative to the "
+    "median; a wide one (more than about ±10%) means the machine was busy or changed clock speed during the "
+    "case: rerun, or raise --repeats / --max-time, before trusting the median.",
+    "% of BW: the case's bytes read and written per second against the memory bandwidth measured just before "
+    "it. Above 100% the data fit in the CPU caches (small sizes) or the bandwidth sample was low (a noisy "
+    "machine): it does not mean the loss beats memory.",
+    "vs naive: speed-up over the plain NumPy formulation of the same loss and gradient.",
+    "targets, met = NO: this run missed the project's performance target on this machine; targets are "
+    "reported, not asserted, and assume a quiet machine.",
+)
+
 COLD_COLUMNS = ("loss", "dtype", "import (cold)", "first call, empty cache", "first call, warm cache", "sizes")
 
 
@@ -191,6 +204,7 @@ def format_text(bench: BenchRun) -> str:
     t = _target_rows(bench)
     if t:
         parts += ["", "targets (reported, not asserted):", _text_table(("target", "subject", "value", "met"), t)]
+    parts += ["", "how to read this:"] + [f"  {line}" for line in LEGEND]
     parts += [""] + [f"note: {n}" for n in bench.notes] + [f"total {bench.seconds:.0f} s"]
     return "\n".join(parts)
 
@@ -205,6 +219,7 @@ def format_markdown(bench: BenchRun) -> str:
     t = _target_rows(bench)
     if t:
         parts += ["", "Targets (reported, not asserted):", "", _md_table(("target", "subject", "value", "met"), t)]
+    parts += ["", "How to read these tables:", ""] + [f"- {line}" for line in LEGEND]
     if bench.notes:
         parts += [""] + [f"- {n}" for n in bench.notes]
     return "\n".join(parts) + "\n"
@@ -253,6 +268,9 @@ def print_report(bench: BenchRun, file=None) -> None:
         for row in trows:
             tt.add_row(*row, style="green" if row[3] == "yes" else "red")
         console.print(tt)
+    console.print("[bold]how to read this[/]")
+    for line in LEGEND:
+        console.print(f"  {line}", markup=False, highlight=False)
     for n in bench.notes:
         console.print(f"[dim]note: {n}[/]")
     console.print(f"[dim]total {bench.seconds:.0f} s[/]")

@@ -8,6 +8,8 @@ modules every time the site is built, so the docs follow the code as losses and 
 * :mod:`.plots`      each loss and its gradient, plotted with the package itself (matplotlib, Agg);
 * :mod:`.apiref`     API reference pages from the public modules' ``__all__``, and the check that
                      every public symbol is documented;
-* :mod:`.site`       the navigation and Markdown rewriting the hook applies;
+* :mod:`.site`       the navigation and Markdown rewriting the hook applies, formulas as MathML;
+* :mod:`.generated`  the copy of the generated pages committed under ``docs/`` (links work in the
+                     repository too): ``python tools/docsgen/generated.py`` refreshes it;
 * ``hooks.py``       the MkDocs hook wiring them in (``hooks:`` in ``mkdocs.yml``).
 """

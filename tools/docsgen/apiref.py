@@ -111,8 +111,11 @@ def module_page(module, catalogue: dict[str, str] | None = None) -> str:
     """
     catalogue = catalogue or {}
     path = module.path
+    source = path.replace(".", "/") + ("/__init__.py" if module.is_package else ".py")
     out = [
         f"# `{path}`",
+        "",
+        f"Rendered from the docstrings in `{source}` when the site is built.",
         "",
         f"::: {path}",
         "    options:",

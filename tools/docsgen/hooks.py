@@ -6,7 +6,8 @@
   then adds the generated pages: the catalogue (:mod:`docsgen.catalogue`), a plot per loss
   (:mod:`docsgen.plots`) and the API reference (:mod:`docsgen.apiref`).
 * ``on_page_markdown``: fills ``<!-- catalogue: ... -->`` placeholders and unlinks pages that do not
-  exist yet; ``on_page_content``: tidies reST roles in rendered docstrings.
+  exist yet; ``on_page_content``: renders the LaTeX as MathML (no script, no CDN) and tidies reST
+  roles in rendered docstrings.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ if str(ROOT / "tools") not in sys.path:  # `mkdocs serve` loads the hook again o
     sys.path.insert(0, str(ROOT / "tools"))
 
 import fastloss  # noqa: E402
-from docsgen import apiref, catalogue, plots, site  # noqa: E402
+from docsgen import apiref, catalogue, generated, plots, site  # noqa: E402
 
 log = logging.getLogger("mkdocs.hooks.fastloss")
 
@@ -65,30 +66,25 @@ def on_files(files, config):
         raise PluginError("undocumented public API (add docstrings):\n  " + "\n  ".join(problems))
 
     def add(uri: str, content) -> None:
-        if files.get_file_from_path(uri) is None:  # a hand-written page of that name wins
-            files.append(File.generated(config, uri, content=content))
+        existing = files.get_file_from_path(uri)
+        if existing is not None:
+            if not generated.is_generated(Path(existing.abs_src_path)):
+                return  # a hand-written page of that name wins
+            files.remove(existing)  # the repository's copy: always regenerated from the code
+        files.append(File.generated(config, uri, content=content))
 
-    add(CATALOGUE, catalogue.overview_page())
     for name, loss in losses.items():
-        png = plots.render(loss)
+        png = plots.render(loss) if generated.has_plot(loss) else None
         if png is not None:
-            add(f"img/losses/{name}.png", png)
-        add(_loss_uri(name), catalogue.loss_page(loss, f"../img/losses/{name}.png" if png else None))
-    modules = _state["modules"]
-    add(API, apiref.index_page(modules))
-    for module in modules:
-        names = {n: f"../losses/{n}.md" for n in apiref.exports(module)
-                 if module.path == apiref.PACKAGE and n in losses}
-        add(apiref.page_uri(module), apiref.module_page(module, names))
+            add(generated.image_uri(name), png)
+    for uri, text in generated.text_pages(_state["modules"]).items():
+        add(uri, text)
     return files
 
 
 def on_page_markdown(markdown, page, config, files):
     src = page.file.src_uri
-    markdown = site.fill_placeholders(markdown, src, {
-        "by-problem": catalogue.by_problem,
-        "comparison": lambda link: catalogue.comparison_table(link=link),
-    })
+    markdown = generated.fill(markdown, src)
     markdown, dropped = site.unlink_missing(markdown, src, _state.get("missing", set()))
     for target in dropped:
         log.info("fastloss docs: %s links %s, which is not written yet (shown as text)", src, target)
@@ -96,4 +92,8 @@ def on_page_markdown(markdown, page, config, files):
 
 
 def on_page_content(html, page, config, files):
+    try:
+        html = site.render_math(html)
+    except ValueError as exc:
+        raise PluginError(f"{page.file.src_uri}: {exc}") from None
     return site.tidy_rst(html)

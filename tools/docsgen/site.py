@@ -12,6 +12,7 @@ At build time the hook
 
 from __future__ import annotations
 
+import html as _html
 import posixpath
 import re
 from collections.abc import Callable, Iterable
@@ -107,12 +108,17 @@ def unlink_missing(markdown: str, page: str, missing: set[str]) -> tuple[str, li
     return _LINK.sub(sub, markdown), dropped
 
 
-_PLACEHOLDER = re.compile(r"<!--\s*catalogue:\s*([\w-]+)\s*-->")
+# a bare placeholder, or a region that keeps its last generated content between the two markers; on a
+# line of its own (one quoted in a code span is text about the placeholder)
+_PLACEHOLDER = re.compile(r"^<!--\s*catalogue:\s*([\w-]+)\s*-->(?:(.*?)<!--\s*/catalogue:\s*\1\s*-->)?",
+                          re.S | re.M)
 
 
 def fill_placeholders(markdown: str, page: str, blocks: dict[str, Callable[[Callable[[str], str]], str]]) -> str:
     """Replace ``<!-- catalogue: NAME -->`` by ``blocks[NAME](link)``.
 
+    A region ``<!-- catalogue: NAME -->...<!-- /catalogue: NAME -->`` (what the repository's copy of
+    a page commits, so that it reads without a build) keeps its markers and gets fresh content.
     ``link(name)`` gives the path from ``page`` to the catalogue page of the loss ``name``.
     """
 
@@ -123,7 +129,9 @@ def fill_placeholders(markdown: str, page: str, blocks: dict[str, Callable[[Call
         key = m.group(1)
         if key not in blocks:
             raise KeyError(f"{page}: unknown placeholder <!-- catalogue: {key} -->; known: {', '.join(blocks)}")
-        return blocks[key](link)
+        if m.group(2) is None:
+            return blocks[key](link)
+        return f"<!-- catalogue: {key} -->\n{blocks[key](link)}\n<!-- /catalogue: {key} -->"
 
     return _PLACEHOLDER.sub(sub, markdown)
 
@@ -137,3 +145,29 @@ def tidy_rst(html: str) -> str:
     html = _ROLE_HTML.sub(lambda m: f"<code>{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}</code>",
                           html)
     return html.replace("::</p>", ":</p>")
+
+
+# what pymdownx.arithmatex (generic mode) leaves in the HTML: \(...\) inline, \[...\] displayed
+_MATH = re.compile(r'<(span|div) class="arithmatex">\s*\\([(\[])(.*?)\\[)\]]\s*</\1>', re.S)
+
+
+def render_math(html: str) -> str:
+    """The page's LaTeX as MathML, rendered at build time: no script, no CDN, readable offline.
+
+    Browsers render MathML natively. A formula that ``latex2mathml`` cannot convert fails the build
+    (strict), naming it.
+    """
+    from latex2mathml.converter import convert
+
+    def sub(m: re.Match) -> str:
+        tex = _html.unescape(m.group(3)).strip()
+        display = "block" if m.group(2) == "[" else "inline"
+        try:
+            mathml = convert(tex, display=display)
+        except Exception as exc:  # the converter's own exception types differ across its versions
+            raise ValueError(f"cannot render the formula {tex!r} as MathML: {exc}") from exc
+        if "<merror" in mathml:
+            raise ValueError(f"cannot render the formula {tex!r} as MathML: {mathml}")
+        return f'<div class="arithmatex">{mathml}</div>' if display == "block" else mathml
+
+    return _MATH.sub(sub, html)
