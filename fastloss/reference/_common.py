@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-#: ``name -> reference`` for every loss that has one (filled by :func:`reference`).
 REFERENCES: dict[str, Callable[..., Reference]] = {}
+"""``name -> reference`` for every loss that has one (filled by :func:`reference`)."""
 
 
 class Reference(NamedTuple):
@@ -57,17 +57,24 @@ def tie_weight(a: Any, b: Any, xp: Any) -> Any:
     return xp.where(a < b, 1.0, xp.where(a == b, 0.5, 0.0)).astype(a.dtype)
 
 
-def value_and_grad(name: str, *inputs: Any, reduction: str = "mean", weight: Any = None, xp: Any = np,
+def value_and_grad(name: str, *inputs: Any, reduction: str = "mean", sample_weight: Any = None, xp: Any = np,
                    **params: Any) -> tuple[Any, tuple]:
-    """The reduced loss ``name`` and its gradients, from its reference (inputs as given, any dtype).
+    """The reduced loss ``name`` and its gradients (a tuple, one per differentiable input), from its
+    reference (inputs as given, at their dtype).
 
-    ``weight`` holds sample weights broadcastable to the per-sample losses (a row-wise loss's class
-    weights are its parameter ``weight`` instead, passed on with ``params``). The reduction is that of
-    the kernels: ``"mean"`` is ``sum(w * l) / sum(w)``, or the loss's own ``count`` without weights.
+    ``sample_weight`` is what the API calls ``weight`` for pointwise and per-row losses: weights
+    broadcastable to the per-sample losses. (A softmax-family loss's ``weight`` holds class weights, a
+    parameter of its reference, passed on with ``params``.) The reduction is that of the kernels:
+    ``"mean"`` is ``sum(w * l) / sum(w)``, or the loss's own ``count`` without sample weights.
+
+    >>> import numpy as np
+    >>> value, (grad,) = value_and_grad("mse", np.array([1.0, 3.0]), np.array([0.0, 0.0]))
+    >>> float(value), grad
+    (5.0, array([1., 3.]))
     """
     result = REFERENCES[name](*inputs, xp=xp, **params)
     loss = result.loss
-    if weight is None:
+    if sample_weight is None:
         if reduction == "none":
             return loss, result.vjp(1.0)
         if reduction == "sum":
@@ -76,7 +83,7 @@ def value_and_grad(name: str, *inputs: Any, reduction: str = "mean", weight: Any
         return xp.sum(loss) / count, result.vjp(1.0 / count)
     if result.count is not None:
         raise ValueError(f"{name} divides its mean by its own count and takes no sample weights")
-    w = xp.broadcast_to(xp.asarray(weight, dtype=loss.dtype), loss.shape)
+    w = xp.broadcast_to(xp.asarray(sample_weight, dtype=loss.dtype), loss.shape)
     if reduction == "none":
         return loss * w, result.vjp(w)
     if reduction == "sum":
