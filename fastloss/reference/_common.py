@@ -68,6 +68,7 @@ def value_and_grad(name: str, *inputs: Any, reduction: str = "mean", sample_weig
     ``"mean"`` is ``sum(w * l) / sum(w)``, or the loss's own ``count`` without sample weights.
 
     >>> import numpy as np
+    >>> from fastloss.reference import value_and_grad
     >>> value, (grad,) = value_and_grad("mse", np.array([1.0, 3.0]), np.array([0.0, 0.0]))
     >>> float(value), grad
     (5.0, array([1., 3.]))
