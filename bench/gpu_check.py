@@ -434,36 +434,14 @@ def _peer_speedup(seconds: float, run_peer) -> float | None:
 
 
 def _naive_cupy(name, a, b, be, reps):
+    """The benchmark's naive peer (the loss's reference, mean reduction) run with ``xp=cupy``."""
     import cupy as cp
 
+    from fastloss.bench.naive import NAIVE
+
     x, y = cp.asarray(a), cp.asarray(b)
-    sync = cp.cuda.Device().synchronize
-    n = x.size
-    if name == "mse":
-        def run():
-            d = x - y
-            return (d * d).mean(), (2.0 / n) * d
-    elif name == "huber":
-        def run():
-            d = x - y
-            a_ = cp.abs(d)
-            return cp.where(a_ < 1.0, 0.5 * d * d, a_ - 0.5).mean(), cp.clip(d, -1.0, 1.0) / n
-    elif name == "binary_cross_entropy":
-        def run():
-            s = 1.0 / (1.0 + cp.exp(-x))
-            v = cp.maximum(x, 0) - x * y + cp.log1p(cp.exp(-cp.abs(x)))
-            return v.mean(), (s - y) / n
-    else:  # cross entropy, (rows, classes) logits and class indices
-        def run():
-            m = x.max(axis=1, keepdims=True)
-            e = cp.exp(x - m)
-            s = e.sum(axis=1, keepdims=True)
-            idx = cp.arange(x.shape[0])
-            v = (cp.log(s[:, 0]) + m[:, 0] - x[idx, y]).mean()
-            g = e / s
-            g[idx, y] -= 1.0
-            return v, g / x.shape[0]
-    return timed(run, sync, reps)
+    peer = NAIVE[name]
+    return timed(lambda: peer(x, y, xp=cp), cp.cuda.Device().synchronize, reps)
 
 
 def _torch_pointwise(name, p, t, reps):

@@ -7,14 +7,12 @@ option where domains cannot say what is valid, e.g. boxes).
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 from cases import defaults, fd_gradient, param_variants, sample
-from reference import REFERENCES
 
 import fastloss as fl
 from fastloss._spec import Interval
+from fastloss.reference import value_and_grad
 
 ROWREDUCE = fl.names("rowreduce")
 SIMILARITY = fl.names("similarity")
@@ -55,33 +53,10 @@ def row_inputs(spec, lead, row, rng, params=None) -> list[np.ndarray]:
     return arrays
 
 
-def expand(w: np.ndarray, like: np.ndarray) -> np.ndarray:
-    """Per-row values broadcast over the rows' elements."""
-    w = np.asarray(w, dtype=np.float64)
-    return w.reshape(w.shape + (1,) * (like.ndim - w.ndim))
-
-
 def reduced_reference(name, inputs, params, reduction, weight=None):
-    """Reference value and gradients of the reduced loss.
-
-    A row's gradient is scaled by its weight, except for references that take the weights
-    themselves (a similarity loss's rows depend on every row).
-    """
-    ref = REFERENCES[name]
+    """Reference value and gradients of the reduced loss, in float64."""
     xs = [np.asarray(x, dtype=np.float64) for x in inputs]
-    if weight is not None and "weight" in inspect.signature(ref).parameters:
-        loss, grads = ref(*xs, **params)
-        _, grads = ref(*xs, **params, weight=weight)
-        w = np.broadcast_to(np.asarray(weight, dtype=np.float64), loss.shape)
-        scale = 1.0 / np.sum(w) if reduction == "mean" else 1.0
-        return (np.sum(loss * w) * scale if reduction != "none" else loss * w), tuple(g * scale for g in grads)
-    loss, grads = ref(*xs, **params)
-    w = np.ones(loss.shape) if weight is None else np.broadcast_to(np.asarray(weight, dtype=np.float64), loss.shape)
-    if reduction == "none":
-        return loss * w, tuple(g * expand(w, g) for g in grads)
-    if reduction == "sum":
-        return np.sum(loss * w), tuple(g * expand(w, g) for g in grads)
-    return np.sum(loss * w) / np.sum(w), tuple(g * expand(w, g) / np.sum(w) for g in grads)
+    return value_and_grad(name, *xs, reduction=reduction, sample_weight=weight, **params)
 
 
 def as_tuple(g):

@@ -77,8 +77,8 @@ def as_tuple(g):
 @pytest.mark.parametrize("name", NAMES)
 def test_every_registered_loss_has_a_naive_peer(name):
     assert name in NAIVE, (
-        f"{name} has no naive NumPy peer: add a plain value-and-gradient function named {name} "
-        "to fastloss/bench/naive.py so the benchmark can report its speedup"
+        f"{name} has no naive NumPy peer: add its reference to fastloss/reference/ (the peer is the "
+        "reference with the mean reduction) so the benchmark can report its speedup"
     )
 
 

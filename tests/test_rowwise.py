@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from reference.multiclass import REFERENCES
 
 import fastloss as fl
 from fastloss.kinds.softmax import host as _rowwise
+from fastloss.reference import REFERENCES, value_and_grad
 
 ROWWISE = fl.names("rowwise")
 SOFTMAX = [n for n in ROWWISE if n != "multiclass_hinge"]
@@ -71,13 +71,14 @@ def combos(name):
 
 
 def expected(name, x, t, w, ignore, params, reduction):
-    loss, grad, denom = REFERENCES[name](x, t, weight=w, ignore_index=IGNORE if ignore else None, **params)
-    if reduction == "mean":
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return loss.sum() / denom, grad / denom
-    if reduction == "sum":
-        return loss.sum(), grad
-    return loss, grad
+    kw = dict(params)
+    if opts(name)["class_weight"]:
+        kw["weight"] = w
+    if opts(name)["ignore_index"]:
+        kw["ignore_index"] = IGNORE if ignore else None
+    with np.errstate(invalid="ignore", divide="ignore"):  # the mean of a batch with every target ignored
+        v, (g,) = value_and_grad(name, x, t, reduction=reduction, **kw)
+    return v, g
 
 
 def call_kwargs(name, ignore, params):
@@ -88,7 +89,7 @@ def call_kwargs(name, ignore, params):
 
 
 def test_every_rowwise_loss_has_a_reference():
-    assert set(ROWWISE) == set(REFERENCES)
+    assert set(ROWWISE) <= set(REFERENCES)
     assert {"cross_entropy", "softmax_focal", "multiclass_hinge", "kl_divergence",
             "generalized_cross_entropy", "poly1_cross_entropy"} <= set(ROWWISE)
 
@@ -752,9 +753,9 @@ def test_cross_entropy_common_case_has_a_kernel_of_its_own():
     assert pick(spec, {"label_smoothing": 0.0, "softcap": None}, False) is spec.kernel
     # both kernels give the reference's answer for their calls (z-loss included in the plain one)
     for kw in ({}, {"z_loss": 1e-3}, {"label_smoothing": 0.2}):
-        loss, grad, _ = REFERENCES["cross_entropy"](x, y, ignore_index=-100, **kw)
+        want, (grad,) = value_and_grad("cross_entropy", x, y, reduction="sum", ignore_index=-100, **kw)
         got, g = fl.cross_entropy.value_and_grad(x, y, reduction="sum", **kw)
-        np.testing.assert_allclose(got, loss.sum(), rtol=1e-12)
+        np.testing.assert_allclose(got, want, rtol=1e-12)
         np.testing.assert_allclose(g, grad, rtol=1e-10, atol=1e-14)
 
 
