@@ -15,6 +15,12 @@ def as_array(loss: str, name: str, x) -> np.ndarray:
     """``np.asarray`` that rejects non-numeric data with a clear ``TypeError``."""
     if x is None:
         raise TypeError(f"{loss}: {name} is required, got None")
+    # before any other probe: torch refuses numpy() and __cuda_array_interface__ on such a tensor
+    if getattr(x, "requires_grad", False) is True and type(x).__module__.split(".")[0] == "torch":
+        raise TypeError(
+            f"{loss}: {name} is a PyTorch tensor that requires grad; use fastloss.torch.{loss} for autograd, "
+            f"or pass {name}.detach() for the value alone"
+        )
     if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
         raise TypeError(
             f"{loss}: {name} is a CUDA array but another input is on the host; "
@@ -24,11 +30,6 @@ def as_array(loss: str, name: str, x) -> np.ndarray:
         raise TypeError(
             f"{loss}: {name} is a masked array; fastloss does not read masks. Pass the data with masked "
             "entries weighted out instead, e.g. weight=~np.ma.getmaskarray(a) and np.ma.getdata(a)"
-        )
-    if getattr(x, "requires_grad", False) and type(x).__module__.startswith("torch"):
-        raise TypeError(
-            f"{loss}: {name} is a PyTorch tensor that requires grad; use fastloss.torch (e.g. "
-            f"fastloss.torch.{loss}) for autograd, or pass {name}.detach()"
         )
     arr = np.asarray(x)
     if arr.dtype.kind not in "biuf":

@@ -23,8 +23,6 @@ def test_an_adapter_without_its_framework_says_which_extra_to_install(module, ex
     assert last.startswith("ImportError: fastloss.") and f'pip install "fastloss[{extra}]"' in last, res.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="needs the check in fastloss/_validate.py:as_array (owned by the kernel/host "
-                   "restructuring; see the io branch's report); remove this marker once it is there")
 def test_a_tensor_that_requires_grad_points_to_fastloss_torch():
     torch = pytest.importorskip("torch")
     import fastloss as fl
