@@ -13,6 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
 
 @dataclass(frozen=True)
 class Interval:
@@ -88,21 +92,33 @@ class Param:
     optional: bool = False
 
     def check(self, loss: str, value: Any) -> Any:
-        """Validate and normalise ``value``; raise ``TypeError`` / ``ValueError`` naming the loss."""
+        """Validate and normalise ``value``; raise ``TypeError`` / ``ValueError`` naming the loss.
+
+        bool parameters take Python or NumPy bools (and the integers 0 and 1); int parameters
+        Python or NumPy integers (not bools, not floats: ``axis=1.0`` is a mistake) that fit in
+        int64; float parameters real numbers that fit in float64 (``10**400`` does not).
+        """
         if value is None and self.optional:
             return None
         if self.type is bool:
-            if not isinstance(value, (bool, int)) or value not in (0, 1):
+            if not isinstance(value, (bool, np.bool_, int, np.integer)) or value not in (0, 1):
                 raise TypeError(f"{loss}: {self.name} must be a bool, got {value!r}")
             return bool(value)
-        try:
-            if isinstance(value, (bool, str)) or value is None:
-                raise TypeError
-            converted = self.type(value)
-        except (TypeError, ValueError):
-            raise TypeError(f"{loss}: {self.name} must be a {self.type.__name__}, got {value!r}") from None
-        if self.type is int and converted != value:
-            raise TypeError(f"{loss}: {self.name} must be an integer, got {value!r}")
+        if self.type is int:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{loss}: {self.name} must be an integer, got {value!r}")
+            converted = int(value)
+            if not _INT64_MIN <= converted <= _INT64_MAX:
+                raise ValueError(f"{loss}: {self.name} must fit in a 64-bit integer, got {value!r}")
+        else:
+            try:
+                if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
+                    raise TypeError
+                converted = self.type(value)
+            except (TypeError, ValueError):
+                raise TypeError(f"{loss}: {self.name} must be a {self.type.__name__}, got {value!r}") from None
+            except OverflowError:  # an int beyond the float64 range
+                raise ValueError(f"{loss}: {self.name} is outside the float64 range, got {value!r}") from None
         if self.type is float and math.isnan(converted):
             raise ValueError(f"{loss}: {self.name} must not be NaN")
         if self.domain is not None and not self.domain.contains(converted):
