@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -90,6 +90,11 @@ class Param:
     special: tuple = ()
     #: Whether ``None`` is accepted (the option is off, e.g. ``softcap=None``); kernels receive it as 0.0.
     optional: bool = False
+    #: Whether an array is accepted too (a float ``type`` only): one value per element, broadcast
+    #: to the inputs' shape without enlarging it, e.g. PyTorch's per-class ``pos_weight``. A call
+    #: that passes an array runs :meth:`LossSpec.array_variant`, where the parameter is an input;
+    #: scalars keep the compiled fast path of ordinary parameters.
+    array: bool = False
 
     def check(self, loss: str, value: Any) -> Any:
         """Validate and normalise ``value``; raise ``TypeError`` / ``ValueError`` naming the loss.
@@ -100,6 +105,8 @@ class Param:
         """
         if value is None and self.optional:
             return None
+        if self.array and is_array(value):
+            return self._check_array(loss, value)
         if self.type is bool:
             if not isinstance(value, (bool, np.bool_, int, np.integer)) or value not in (0, 1):
                 raise TypeError(f"{loss}: {self.name} must be a bool, got {value!r}")
@@ -124,6 +131,37 @@ class Param:
         if self.domain is not None and not self.domain.contains(converted):
             raise ValueError(f"{loss}: {self.name} must be in {self.domain}, got {value!r}")
         return converted
+
+    def _check_array(self, loss: str, value: Any) -> Any:
+        """A host array's dtype and values (a device array's values stay unchecked: reading them waits)."""
+        if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
+            return value
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{loss}: {self.name} must be a real number or array, got dtype {arr.dtype}")
+        if self.domain is not None:
+            inside = _within(self.domain, arr)
+            if not inside.all():
+                i = np.unravel_index(int(np.argmin(inside)), arr.shape)
+                raise ValueError(f"{loss}: {self.name} must be in {self.domain}; "
+                                 f"{self.name}[{', '.join(str(int(j)) for j in i)}] = {arr[i].item()!r}")
+        return arr
+
+
+def is_array(value: Any) -> bool:
+    """Whether ``value`` is an array of at least one dimension (host, device, or a sequence)."""
+    if hasattr(value, "__cuda_array_interface__"):
+        return len(value.shape) > 0
+    return not isinstance(value, (str, bytes)) and np.ndim(value) > 0
+
+
+def _within(domain: Interval | Discrete, arr: np.ndarray) -> np.ndarray:
+    """Element-wise :meth:`Interval.contains` / :meth:`Discrete.contains` (NaN is outside)."""
+    if isinstance(domain, Discrete):
+        return np.isin(arr, domain.values)
+    lo = arr >= domain.low if domain.closed[0] else arr > domain.low
+    hi = arr <= domain.high if domain.closed[1] else arr < domain.high
+    return lo & hi
 
 
 @dataclass(frozen=True)
@@ -206,6 +244,26 @@ class LossSpec:
         if self.domains is not None:
             doms.update(self.domains(dict(params)))
         return doms
+
+    def array_variant(self, names: Sequence[str]) -> LossSpec:
+        """This loss with the parameters ``names`` (declared ``array=True``) as extra inputs.
+
+        What runs when they are given as arrays: they follow the declared inputs, in declaration
+        order, as non-differentiable inputs with the parameters' domains, and the kernel is the
+        ``array_kernel`` option, ``kernel(*inputs, *arrays, *other parameters)``.
+        """
+        if self.prepare is not None or "array_kernel" not in self.options:
+            raise TypeError(f"{self.name}: array parameters need an 'array_kernel' option and no 'prepare'")
+        by_name = {p.name: p for p in self.params}
+        extra = tuple(Input(n, by_name[n].doc, by_name[n].domain or Interval()) for n in names)
+        return replace(
+            self,
+            kernel=self.options["array_kernel"],
+            inputs=(*self.inputs, *extra),
+            params=tuple(p for p in self.params if p.name not in names),
+            check=None,
+            options={k: v for k, v in self.options.items() if k != "array_kernel"},
+        )
 
     def kernel_params(self, params: Mapping[str, Any]) -> tuple[float, ...]:
         if self.prepare is not None:

@@ -17,7 +17,12 @@ PROB_TARGET = Input("target", "Target probabilities (0/1 labels or soft labels).
 SIGN_TARGET = Input("target", "Labels in {-1, +1} (``0`` is read as -1).", Discrete((-1.0, 0.0, 1.0)))
 
 
-def _bce(pred, target, pos_weight):
+# pieces shared by the kernels below, inlined into them
+_piece = inline_helper(set(FASTMATH))
+
+
+@_piece
+def _bce_terms(pred, target, pos_weight):
     # pos_weight * y * softplus(-x) + (1 - y) * softplus(x): stable for any logit
     sp, spn, p = softplus_sigmoid(pred)
     value = pos_weight * target * spn + (1.0 - target) * sp
@@ -25,12 +30,24 @@ def _bce(pred, target, pos_weight):
     return value, grad
 
 
+def _bce(pred, target, pos_weight):
+    return _bce_terms(pred, target, pos_weight)
+
+
+def _bce_pos_weights(pred, target, pos_weight):
+    # pos_weight given as an array: an input of its own kernel (the scalar form keeps its own)
+    return _bce_terms(pred, target, pos_weight)
+
+
 binary_cross_entropy = register(LossSpec(
     name="binary_cross_entropy",
     kind="pointwise",
     kernel=_bce,
     inputs=(LOGITS, PROB_TARGET),
-    params=(Param("pos_weight", 1.0, "Weight of the positive term", Interval(0.0, math.inf)),),
+    params=(Param("pos_weight", 1.0, "Weight of the positive term: a scalar, or an array broadcastable to "
+                  "``target`` (e.g. one weight per class, shape ``(C,)``, in multi-label training)",
+                  Interval(0.0, math.inf), array=True),),
+    options={"array_kernel": _bce_pos_weights},
     summary="Binary cross entropy on logits (sigmoid + log loss, computed stably).",
     formula=r"\ell = -\left[p_w\, y \log \sigma(x) + (1 - y) \log(1 - \sigma(x))\right]"
             r" = p_w\, y\, \operatorname{softplus}(-x) + (1 - y) \operatorname{softplus}(x)",
@@ -38,8 +55,8 @@ binary_cross_entropy = register(LossSpec(
     reference="Cox, D. R. (1958). The regression analysis of binary sequences. JRSS B 20(2).",
     equivalents={"PyTorch": "torch.nn.functional.binary_cross_entropy_with_logits",
                  "optax": "optax.losses.sigmoid_binary_cross_entropy", "scikit-learn": "HalfBinomialLoss"},
-    semantics=("Matches ``torch.nn.functional.binary_cross_entropy_with_logits``; ``pos_weight`` is a scalar "
-               "(PyTorch also accepts a per-class tensor)."),
+    semantics=("Matches ``torch.nn.functional.binary_cross_entropy_with_logits``, including an array "
+               "``pos_weight`` broadcast against the target (it may not enlarge the loss's shape)."),
     properties=Properties("binary / multi-label classification", "medium", "bounded in (-p_w, 1)",
                           "probabilistic classifiers, multi-label outputs", "medium (exp, log)"),
     example="""
@@ -48,10 +65,6 @@ binary_cross_entropy = register(LossSpec(
     0.220095
     """,
 ))
-
-
-# pieces shared by the focal kernels, inlined into them
-_piece = inline_helper(set(FASTMATH))
 
 
 @_piece
