@@ -134,7 +134,9 @@ class Param:
 
     def _check_array(self, loss: str, value: Any) -> Any:
         """A host array's dtype and values (a device array's values stay unchecked: reading them waits)."""
-        if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
+        from .device import is_device_array  # imports no numba.cuda
+
+        if is_device_array(value):
             return value
         arr = np.asarray(value)
         if arr.dtype.kind not in "biuf":
@@ -150,7 +152,9 @@ class Param:
 
 def is_array(value: Any) -> bool:
     """Whether ``value`` is an array of at least one dimension (host, device, or a sequence)."""
-    if hasattr(value, "__cuda_array_interface__"):
+    from .device import is_device_array
+
+    if is_device_array(value):
         return len(value.shape) > 0
     return not isinstance(value, (str, bytes)) and np.ndim(value) > 0
 

@@ -97,3 +97,30 @@ def test_array_variant_declaration():
     with pytest.raises(TypeError, match="array_kernel"):
         fl.huber.spec.array_variant(["delta"])
     assert isinstance(Loss(variant)(np.zeros(2), np.ones(2), np.full(2, 3.0)), np.floating)
+
+
+def test_batch_scorer_takes_an_array_pos_weight(tmp_path, capsys):
+    import json
+
+    from fastloss.__main__ import main
+    from fastloss.scoring import per_sample, score
+
+    rng = np.random.default_rng(4)
+    x, y = _data(rng, (500, 3))
+    np.save(tmp_path / "p.npy", x)
+    np.save(tmp_path / "t.npy", y)
+    rc = main(["score", "binary_cross_entropy", "--pred", str(tmp_path / "p.npy"), "--target", str(tmp_path / "t.npy"),
+               "--param", "pos_weight=1,2.5,4", "--per-sample", str(tmp_path / "ps.npy"),
+               "--summary", str(tmp_path / "s.json"), "--chunk-size", "64", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    got = json.loads((tmp_path / "s.json").read_text())
+    pw = [1.0, 2.5, 4.0]
+    assert got["params"] == {"pos_weight": pw}
+    assert {k: v for k, v in got.items() if k not in ("loss", "params")} == score(
+        "binary_cross_entropy", x, y, pos_weight=np.array(pw)).to_dict()
+    np.testing.assert_array_equal(np.load(tmp_path / "ps.npy"), per_sample("binary_cross_entropy", x, y, pos_weight=pw))
+    assert got["mean"] != score("binary_cross_entropy", x, y).to_dict()["mean"]
+    # a wrong number of classes is refused before scoring
+    rc = main(["score", "binary_cross_entropy", "--pred", str(tmp_path / "p.npy"), "--target", str(tmp_path / "t.npy"),
+               "--param", "pos_weight=1,2", "--no-progress"])
+    assert rc != 0 and "pos_weight of shape (2,)" in capsys.readouterr().err
