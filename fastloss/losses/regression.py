@@ -150,8 +150,8 @@ smooth_l1 = register(LossSpec(
 ))
 
 
-#: Below this |d| log_cosh uses its small-residual form (both are accurate to a few ulp around it).
-LOG_COSH_SMALL = 2.0
+#: Below this |d| log_cosh uses its small-residual form (both are within 3 ulp around it).
+LOG_COSH_SMALL = 0.75
 
 
 def _log_cosh(pred, target):
@@ -161,12 +161,13 @@ def _log_cosh(pred, target):
     # that log1p(exp(-2|d|)), and shares its exp(-2|d|) with tanh
     large = a + softplus(-2.0 * a) - LN2
     # For small |d| the three terms above cancel to ~d^2/2, leaving only the rounding of log 2
-    # (122% error at d = 1e-8). cosh a - 1 = u^2 / (2 (1 + u)) with u = expm1(a) is a sum of
-    # positive terms, so log1p of it is accurate to a few ulp down to underflow; u^2 would
-    # overflow for large |d|, where the first form is the accurate one.
-    u = expm1(a)
-    small = log1p(u * u / (2.0 + 2.0 * u))
-    return (small if a < LOG_COSH_SMALL else large), tanh(d)
+    # (122% error at d = 1e-8). There log cosh d = -log(1 - tanh^2 d) / 2 from the gradient's
+    # tanh: t^2 is accurate relative to itself and log1p adds nothing that cancels while
+    # t^2 < 0.42 (|d| < 0.75); measured within 3 ulp of the exact value. It costs one log1p
+    # (log1p(u^2 / (2 + 2u)) with u = expm1(|d|) is as accurate but costs an expm1 more).
+    t = tanh(d)
+    small = -0.5 * log1p(-(t * t))
+    return (small if a < LOG_COSH_SMALL else large), t
 
 
 log_cosh = register(LossSpec(
