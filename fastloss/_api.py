@@ -11,8 +11,10 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import numpy as np
+
 from ._docs import render_docstring
-from ._spec import LossSpec, Param
+from ._spec import LossSpec, Param, is_array
 from ._validate import check_reduction
 from .kinds import KINDS, select_kind
 
@@ -29,6 +31,9 @@ class Loss:
         self._kind = KINDS[spec.kind]
         self._params: tuple[Param, ...] = tuple(spec.params) + tuple(self._kind.extra_params(spec))
         self._input_names = tuple(i.name for i in spec.inputs)
+        #: parameters that may be arrays, and the specs that run when some are (by their names)
+        self._array_params = tuple(p.name for p in self._params if p.array)
+        self._array_specs: dict[tuple[str, ...], LossSpec] = {}
         self.__name__ = self.__qualname__ = spec.name
         self.__module__ = "fastloss"
         self.__doc__ = render_docstring(spec, self._params, "value")
@@ -42,13 +47,14 @@ class Loss:
     def __call__(self, *args, **kwargs):
         """The loss: reduced to a NumPy scalar, or per element for ``reduction="none"``."""
         fast = self._fast_value
-        if fast is not None and fast.kind is self._kind:
+        if fast is not None and fast.kind is self._kind and not (self._array_params and self._arrays_in(kwargs)):
             result = fast(args, kwargs)
             if result is not NotImplemented:
                 return result
         inputs, params, weight, reduction, _, _ = self._bind(args, kwargs, with_out=False)
-        result = select_kind(self._kind, self.spec, inputs, weight, None).run(
-            self.spec, inputs, params, weight, reduction, need_value=True, need_grad=False, out=None
+        spec, inputs, params = self._as_inputs(inputs, params)
+        result = select_kind(self._kind, spec, inputs, weight, None).run(
+            spec, inputs, params, weight, reduction, need_value=True, need_grad=False, out=None
         )
         return result[0]
 
@@ -57,13 +63,14 @@ class Loss:
         fast = self._fast_path(need_value=need_value, need_grad=True, with_out=with_out)
 
         def method(*args, **kwargs):
-            if fast is not None and fast.kind is self._kind:
+            if fast is not None and fast.kind is self._kind and not (self._array_params and self._arrays_in(kwargs)):
                 result = fast(args, kwargs)
                 if result is not NotImplemented:
                     return result
             inputs, params, weight, reduction, out, stats = self._bind(args, kwargs, with_out=with_out)
-            result = select_kind(self._kind, self.spec, inputs, weight, out).run(
-                self.spec, inputs, params, weight, reduction,
+            spec, inputs, params = self._as_inputs(inputs, params)
+            result = select_kind(self._kind, spec, inputs, weight, out).run(
+                spec, inputs, params, weight, reduction,
                 need_value=need_value, need_grad=True, out=out, stats=bool(stats),
             )
             g = result[1][0] if single else tuple(result[1])
@@ -121,6 +128,41 @@ class Loss:
         if self.spec.check is not None:
             self.spec.check(params)
         return inputs, params, weight, reduction, out, stats
+
+    def _arrays_in(self, kwargs: dict[str, Any]) -> bool:
+        """Whether an array parameter is given as an array (the fast paths take scalars only)."""
+        return any(n in kwargs and is_array(kwargs[n]) for n in self._array_params)
+
+    def _as_inputs(self, inputs: list, params: dict[str, Any]) -> tuple[LossSpec, list, dict[str, Any]]:
+        """``(spec, inputs, params)`` to run: array parameters given as arrays become inputs.
+
+        An array parameter gives one value per element: it must broadcast to the shape of the
+        inputs without enlarging it (a per-class ``pos_weight`` of shape ``(C,)`` against
+        ``(N, C)`` targets, like PyTorch's).
+        """
+        names = tuple(n for n in self._array_params if is_array(params[n]))
+        if not names:
+            return self.spec, inputs, params
+        spec = self._array_specs.get(names)
+        if spec is None:
+            spec = self._array_specs[names] = self.spec.array_variant(names)
+        try:
+            shape = np.broadcast_shapes(*(tuple(np.shape(x)) for x in inputs if x is not None))
+        except ValueError:
+            shape = None  # the kind reports inputs that do not broadcast, naming them
+        if shape is not None:
+            for n in names:
+                own = tuple(np.shape(params[n]))
+                try:
+                    ok = np.broadcast_shapes(own, shape) == shape
+                except ValueError:
+                    ok = False
+                if not ok:
+                    raise ValueError(
+                        f"{self.spec.name}: {n} of shape {own} does not broadcast to the loss shape {shape}"
+                    )
+        rest = {k: v for k, v in params.items() if k not in names}
+        return spec, [*inputs, *(params[n] for n in names)], rest
 
     # -- introspection -------------------------------------------------------------------------
 

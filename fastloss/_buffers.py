@@ -46,6 +46,8 @@ def _parse_bytes(text: str) -> int:
         raise ValueError(f"{_ENV}={text!r}: expected a byte count such as 0, 536870912, 512M or 2G") from None
     if not value >= 0:
         raise ValueError(f"{_ENV}={text!r}: the byte count must be >= 0")
+    if value == float("inf"):  # int() of it would raise a bare OverflowError at import
+        raise ValueError(f"{_ENV}={text!r}: the byte count must be finite (e.g. 64G for a large cache)")
     return int(value)
 
 

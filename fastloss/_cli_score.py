@@ -30,7 +30,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--input", action="append", default=[], metavar="NAME=PATH",
                    help="another input of the loss by name (e.g. var=var.npy for gaussian_nll)")
     p.add_argument("--weight", metavar="PATH", help="one sample weight per row")
-    p.add_argument("--param", action="append", default=[], metavar="K=V", help="loss hyper-parameter (repeatable)")
+    p.add_argument("--param", action="append", default=[], metavar="K=V",
+                   help="loss hyper-parameter (repeatable; an array one as a list, e.g. pos_weight=1,2.5,4)")
     p.add_argument("--per-sample", metavar="OUT", help="write per-sample losses to OUT (.npy or .parquet)")
     p.add_argument("--summary", metavar="OUT.json", help="write the JSON summary to OUT.json")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: refuse)")

@@ -30,6 +30,8 @@ def _param_block(p: Param) -> str:
     if p.optional:
         dom = f" Otherwise in {p.domain}" if p.domain is not None else ""
     kind = f"{p.type.__name__} or None" if p.optional else p.type.__name__
+    if p.array:
+        kind += " or array_like"
     doc = p.doc if p.doc.endswith(".") else p.doc + "."
     return f"{p.name} : {kind}, default {p.default!r}\n    {doc}{dom}{'.' if dom else ''}"
 

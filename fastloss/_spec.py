@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
 
 @dataclass(frozen=True)
 class Interval:
@@ -86,28 +90,82 @@ class Param:
     special: tuple = ()
     #: Whether ``None`` is accepted (the option is off, e.g. ``softcap=None``); kernels receive it as 0.0.
     optional: bool = False
+    #: Whether an array is accepted too (a float ``type`` only): one value per element, broadcast
+    #: to the inputs' shape without enlarging it, e.g. PyTorch's per-class ``pos_weight``. A call
+    #: that passes an array runs :meth:`LossSpec.array_variant`, where the parameter is an input;
+    #: scalars keep the compiled fast path of ordinary parameters.
+    array: bool = False
 
     def check(self, loss: str, value: Any) -> Any:
-        """Validate and normalise ``value``; raise ``TypeError`` / ``ValueError`` naming the loss."""
+        """Validate and normalise ``value``; raise ``TypeError`` / ``ValueError`` naming the loss.
+
+        bool parameters take Python or NumPy bools (and the integers 0 and 1); int parameters
+        Python or NumPy integers (not bools, not floats: ``axis=1.0`` is a mistake) that fit in
+        int64; float parameters real numbers that fit in float64 (``10**400`` does not).
+        """
         if value is None and self.optional:
             return None
+        if self.array and is_array(value):
+            return self._check_array(loss, value)
         if self.type is bool:
-            if not isinstance(value, (bool, int)) or value not in (0, 1):
+            if not isinstance(value, (bool, np.bool_, int, np.integer)) or value not in (0, 1):
                 raise TypeError(f"{loss}: {self.name} must be a bool, got {value!r}")
             return bool(value)
-        try:
-            if isinstance(value, (bool, str)) or value is None:
-                raise TypeError
-            converted = self.type(value)
-        except (TypeError, ValueError):
-            raise TypeError(f"{loss}: {self.name} must be a {self.type.__name__}, got {value!r}") from None
-        if self.type is int and converted != value:
-            raise TypeError(f"{loss}: {self.name} must be an integer, got {value!r}")
+        if self.type is int:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{loss}: {self.name} must be an integer, got {value!r}")
+            converted = int(value)
+            if not _INT64_MIN <= converted <= _INT64_MAX:
+                raise ValueError(f"{loss}: {self.name} must fit in a 64-bit integer, got {value!r}")
+        else:
+            try:
+                if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
+                    raise TypeError
+                converted = self.type(value)
+            except (TypeError, ValueError):
+                raise TypeError(f"{loss}: {self.name} must be a {self.type.__name__}, got {value!r}") from None
+            except OverflowError:  # an int beyond the float64 range
+                raise ValueError(f"{loss}: {self.name} is outside the float64 range, got {value!r}") from None
         if self.type is float and math.isnan(converted):
             raise ValueError(f"{loss}: {self.name} must not be NaN")
         if self.domain is not None and not self.domain.contains(converted):
             raise ValueError(f"{loss}: {self.name} must be in {self.domain}, got {value!r}")
         return converted
+
+    def _check_array(self, loss: str, value: Any) -> Any:
+        """A host array's dtype and values (a device array's values stay unchecked: reading them waits)."""
+        from .device import is_device_array  # imports no numba.cuda
+
+        if is_device_array(value):
+            return value
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{loss}: {self.name} must be a real number or array, got dtype {arr.dtype}")
+        if self.domain is not None:
+            inside = _within(self.domain, arr)
+            if not inside.all():
+                i = np.unravel_index(int(np.argmin(inside)), arr.shape)
+                raise ValueError(f"{loss}: {self.name} must be in {self.domain}; "
+                                 f"{self.name}[{', '.join(str(int(j)) for j in i)}] = {arr[i].item()!r}")
+        return arr
+
+
+def is_array(value: Any) -> bool:
+    """Whether ``value`` is an array of at least one dimension (host, device, or a sequence)."""
+    from .device import is_device_array
+
+    if is_device_array(value):
+        return len(value.shape) > 0
+    return not isinstance(value, (str, bytes)) and np.ndim(value) > 0
+
+
+def _within(domain: Interval | Discrete, arr: np.ndarray) -> np.ndarray:
+    """Element-wise :meth:`Interval.contains` / :meth:`Discrete.contains` (NaN is outside)."""
+    if isinstance(domain, Discrete):
+        return np.isin(arr, domain.values)
+    lo = arr >= domain.low if domain.closed[0] else arr > domain.low
+    hi = arr <= domain.high if domain.closed[1] else arr < domain.high
+    return lo & hi
 
 
 @dataclass(frozen=True)
@@ -190,6 +248,26 @@ class LossSpec:
         if self.domains is not None:
             doms.update(self.domains(dict(params)))
         return doms
+
+    def array_variant(self, names: Sequence[str]) -> LossSpec:
+        """This loss with the parameters ``names`` (declared ``array=True``) as extra inputs.
+
+        What runs when they are given as arrays: they follow the declared inputs, in declaration
+        order, as non-differentiable inputs with the parameters' domains, and the kernel is the
+        ``array_kernel`` option, ``kernel(*inputs, *arrays, *other parameters)``.
+        """
+        if self.prepare is not None or "array_kernel" not in self.options:
+            raise TypeError(f"{self.name}: array parameters need an 'array_kernel' option and no 'prepare'")
+        by_name = {p.name: p for p in self.params}
+        extra = tuple(Input(n, by_name[n].doc, by_name[n].domain or Interval()) for n in names)
+        return replace(
+            self,
+            kernel=self.options["array_kernel"],
+            inputs=(*self.inputs, *extra),
+            params=tuple(p for p in self.params if p.name not in names),
+            check=None,
+            options={k: v for k, v in self.options.items() if k != "array_kernel"},
+        )
 
     def kernel_params(self, params: Mapping[str, Any]) -> tuple[float, ...]:
         if self.prepare is not None:

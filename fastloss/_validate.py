@@ -34,7 +34,18 @@ def as_array(loss: str, name: str, x) -> np.ndarray:
     arr = np.asarray(x)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{loss}: {name} must be a real numeric array, got dtype {arr.dtype}")
-    return arr
+    return native_byte_order(arr)
+
+
+def native_byte_order(arr: np.ndarray) -> np.ndarray:
+    """``arr`` itself, or a copy in the machine's byte order when it is stored in the other one.
+
+    Numba's kernels cannot read non-native data (a ``TypingError``); big-endian arrays come from
+    files (``'>f8'`` in FITS, HDF5, network formats) and are valid input.
+    """
+    if arr.dtype.isnative:
+        return arr
+    return arr.astype(arr.dtype.newbyteorder("="))
 
 
 _F32 = np.dtype(np.float32)
@@ -146,9 +157,11 @@ def check_discrete(loss: str, name: str, arr: np.ndarray, allowed: Sequence[floa
     """Raise ``ValueError`` naming the first element of ``arr`` not in ``allowed``."""
     if arr.size == 0:
         return
-    flat = np.ascontiguousarray(arr).reshape(-1)
+    flat = np.ascontiguousarray(native_byte_order(arr)).reshape(-1)
     if flat.dtype.kind == "b":
         flat = flat.view(np.uint8)
+    elif flat.dtype == np.float16:  # Numba has no float16 on the CPU; float32 holds every value exactly
+        flat = flat.astype(np.float32)
     i = _first_not_in(flat, tuple(float(a) for a in allowed))
     if i >= 0:
         index = np.unravel_index(i, arr.shape) if arr.ndim > 1 else (i,)

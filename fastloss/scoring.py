@@ -108,7 +108,9 @@ def parse_param(loss: Loss, text: str) -> tuple[str, Any]:
         raise ScoreError(f"{loss.spec.name} has no parameter {name!r} (parameters: {known})")
     p = params[name]
     try:
-        if p.type is bool:
+        if p.array and "," in raw:  # an array parameter as a list, e.g. one pos_weight per class
+            value = [float(v) for v in raw.split(",")]
+        elif p.type is bool:
             low = raw.lower()
             if low not in ("1", "0", "true", "false", "yes", "no"):
                 raise ValueError
@@ -120,9 +122,11 @@ def parse_param(loss: Loss, text: str) -> tuple[str, Any]:
     except ValueError:
         raise ScoreError(f"bad --param {text!r}: {name} must be of type {p.type.__name__}") from None
     try:
-        return name, p.check(loss.spec.name, value)
+        checked = p.check(loss.spec.name, value)
     except (TypeError, ValueError) as exc:
         raise ScoreError(str(exc)) from None
+    # a list, not an array: it goes into the summary's JSON as given
+    return name, checked.tolist() if isinstance(checked, np.ndarray) else checked
 
 
 # -- row sources ------------------------------------------------------------------------------

@@ -756,3 +756,33 @@ def test_device_matmul_is_pluggable(monkeypatch):
     close(v, want_v)
     close(g1, w1)
     close(g2, w2)
+
+
+# -- array parameters and label storage (issue #20) -------------------------------------------------
+
+
+def test_array_pos_weight_matches_cpu():
+    rng = np.random.default_rng(5)
+    x = rng.normal(0.0, 3.0, (6, 5))
+    y = (rng.uniform(size=(6, 5)) < 0.4).astype(np.float64)
+    for pw in (rng.uniform(0.0, 3.0, 5), rng.uniform(0.0, 3.0, (6, 1)), rng.uniform(0.0, 3.0, (6, 5))):
+        for reduction in ("mean", "none"):
+            want_v, want_g = fl.binary_cross_entropy.value_and_grad(x, y, pos_weight=pw, reduction=reduction)
+            v, g = fl.binary_cross_entropy.value_and_grad(dev(x), dev(y), pos_weight=dev(pw), reduction=reduction)
+            close(v, want_v)
+            close(g, want_g)
+    with pytest.raises(TypeError, match="pos_weight is on the host"):  # like any input
+        fl.binary_cross_entropy(dev(x), dev(y), pos_weight=np.ones(5))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        fl.binary_cross_entropy(dev(x), dev(y), pos_weight=dev(np.ones(4)))
+
+
+def test_float16_discrete_targets_on_the_device():
+    p = np.array([0.5, -2.0, 3.0, 0.1])
+    t = np.array([1.0, 0.0, 1.0, -1.0])
+    want = fl.hinge.value_and_grad(p, t)
+    v, g = fl.hinge.value_and_grad(dev(p), dev(t.astype(np.float16)))
+    close(v, want[0])
+    close(g, want[1])
+    with pytest.raises(ValueError, match="must take values in"):
+        fl.hinge(dev(p), dev(np.array([1.0, 0.5, 1.0, 1.0], np.float16)))

@@ -134,6 +134,37 @@ def test_float16_kernels_compile_for_sm90(name):
         assert ptx.assemble(code)["cubin_bytes"] > 0
 
 
+@needs_numba_cuda
+@real_compiler
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_array_parameter_kernels_compile_for_sm90(dtype):
+    """binary_cross_entropy's kernel with pos_weight as an input (an array pos_weight)."""
+    from fastloss._api import Loss
+    from fastloss.device import ptx
+
+    variant = Loss(fl.binary_cross_entropy.spec.array_variant(["pos_weight"]))
+    for code in _kinds.loss_ptx(variant, dtype).values():
+        assert ptx.assemble(code)["cubin_bytes"] > 0
+
+
+@needs_numba_cuda
+@real_compiler
+def test_discrete_check_compiles_for_float16_labels():
+    """The device-side label check reads float16 labels (hinge targets stored as float16)."""
+    from numba import cuda
+    from numba.cuda import types
+
+    from fastloss.device import kernels, ptx
+
+    tk = kernels.Toolkit(256)
+    fn = tk.bind(kernels.first_not_in)
+    sig = (types.uint64, types.Array(types.float16, 1, "C"), types.UniTuple(types.float64, 3),
+           types.Array(types.int64, 1, "C"))
+    with ptx.target(ptx.DEFAULT_CC):
+        code = cuda.compile_ptx(fn, sig, cc=ptx.DEFAULT_CC)[0]
+    assert ".entry" in code
+
+
 # -- dispatch and errors, no GPU needed ----------------------------------------------------------------------
 
 

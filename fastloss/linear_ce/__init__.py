@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import REDUCTIONS
+from .._validate import REDUCTIONS, native_byte_order
 
 #: Default memory budget of the chunk buffer: this fraction of the full logits ...
 CHUNK_FRACTION = 1 / 8
@@ -206,7 +206,7 @@ def _float_array(name: str, x, dtype: np.dtype | None = None) -> np.ndarray:
     if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
         raise TypeError(f"{_NAME}: {name} is a CUDA array but another input is on the host; "
                         "pass all inputs on the same device")
-    a = np.asarray(x)
+    a = native_byte_order(np.asarray(x))  # big-endian data (from files) is valid input
     if a.dtype not in (np.float32, np.float64):
         raise TypeError(f"{_NAME}: {name} must be float32 or float64, got dtype {a.dtype}")
     if dtype is not None and a.dtype != dtype:
@@ -250,7 +250,7 @@ def check_labels(target, lead: tuple, vocab: int, ignore_index, lead_doc: str) -
     """Host target as flat int64 labels, validated, and the number of non-ignored ones."""
     if target is None:
         raise TypeError(f"{_NAME}: target is required, got None")
-    t = np.asarray(target)
+    t = native_byte_order(np.asarray(target))
     if t.dtype.kind not in "iu":
         raise TypeError(f"{_NAME}: target must hold integer class indices, got dtype {t.dtype}")
     if t.shape != lead:

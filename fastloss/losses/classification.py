@@ -8,7 +8,7 @@ from .._compile import inline_helper
 from .._config import FASTMATH
 
 # mathfn's pow (not ``**``): a libm call per element would keep the driver loop scalar
-from .._kernels.mathfn import pow, softplus_sigmoid
+from .._kernels.mathfn import pow, sigmoid, softplus_sigmoid
 from .._registry import register
 from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
 
@@ -17,7 +17,12 @@ PROB_TARGET = Input("target", "Target probabilities (0/1 labels or soft labels).
 SIGN_TARGET = Input("target", "Labels in {-1, +1} (``0`` is read as -1).", Discrete((-1.0, 0.0, 1.0)))
 
 
-def _bce(pred, target, pos_weight):
+# pieces shared by the kernels below, inlined into them
+_piece = inline_helper(set(FASTMATH))
+
+
+@_piece
+def _bce_terms(pred, target, pos_weight):
     # pos_weight * y * softplus(-x) + (1 - y) * softplus(x): stable for any logit
     sp, spn, p = softplus_sigmoid(pred)
     value = pos_weight * target * spn + (1.0 - target) * sp
@@ -25,12 +30,24 @@ def _bce(pred, target, pos_weight):
     return value, grad
 
 
+def _bce(pred, target, pos_weight):
+    return _bce_terms(pred, target, pos_weight)
+
+
+def _bce_pos_weights(pred, target, pos_weight):
+    # pos_weight given as an array: an input of its own kernel (the scalar form keeps its own)
+    return _bce_terms(pred, target, pos_weight)
+
+
 binary_cross_entropy = register(LossSpec(
     name="binary_cross_entropy",
     kind="pointwise",
     kernel=_bce,
     inputs=(LOGITS, PROB_TARGET),
-    params=(Param("pos_weight", 1.0, "Weight of the positive term", Interval(0.0, math.inf)),),
+    params=(Param("pos_weight", 1.0, "Weight of the positive term: a scalar, or an array broadcastable to "
+                  "``target`` (e.g. one weight per class, shape ``(C,)``, in multi-label training)",
+                  Interval(0.0, math.inf), array=True),),
+    options={"array_kernel": _bce_pos_weights},
     summary="Binary cross entropy on logits (sigmoid + log loss, computed stably).",
     formula=r"\ell = -\left[p_w\, y \log \sigma(x) + (1 - y) \log(1 - \sigma(x))\right]"
             r" = p_w\, y\, \operatorname{softplus}(-x) + (1 - y) \operatorname{softplus}(x)",
@@ -38,8 +55,8 @@ binary_cross_entropy = register(LossSpec(
     reference="Cox, D. R. (1958). The regression analysis of binary sequences. JRSS B 20(2).",
     equivalents={"PyTorch": "torch.nn.functional.binary_cross_entropy_with_logits",
                  "optax": "optax.losses.sigmoid_binary_cross_entropy", "scikit-learn": "HalfBinomialLoss"},
-    semantics=("Matches ``torch.nn.functional.binary_cross_entropy_with_logits``; ``pos_weight`` is a scalar "
-               "(PyTorch also accepts a per-class tensor)."),
+    semantics=("Matches ``torch.nn.functional.binary_cross_entropy_with_logits``, including an array "
+               "``pos_weight`` broadcast against the target (it may not enlarge the loss's shape)."),
     properties=Properties("binary / multi-label classification", "medium", "bounded in (-p_w, 1)",
                           "probabilistic classifiers, multi-label outputs", "medium (exp, log)"),
     example="""
@@ -50,25 +67,35 @@ binary_cross_entropy = register(LossSpec(
 ))
 
 
-# pieces shared by the focal kernels, inlined into them
-_piece = inline_helper(set(FASTMATH))
-
-
 @_piece
 def _focal_base(pred, target):
-    """``p = sigmoid(x)``, the cross entropy, ``m = 1 - p_t`` and ``dm / dx``."""
+    """``p - y``, the cross entropy, ``m = 1 - p_t`` and ``dm / dx``, accurate for any logit.
+
+    ``1 - p`` is never formed from ``p``: once ``sigmoid(x)`` is within an ulp of 1 (x > 17) it
+    cancels (1.5% error in the loss at x = 30, 0 from x = 37); ``q = sigmoid(-x)`` is computed
+    directly (its ``e^-|x|`` is the one ``softplus_sigmoid`` computes). Hard labels take their
+    terms as selects: the general sums would let the driver's ``reassoc`` flag form ``0 * inf``
+    (NaN) at infinite logits, where the loss's limit is ``+inf``.
+    """
     sp, spn, p = softplus_sigmoid(pred)
-    ce = target * spn + (1.0 - target) * sp
-    m = p + target - 2.0 * p * target
-    dm = p * (1.0 - p) * (1.0 - 2.0 * target)
-    return p, ce, m, dm
+    q = sigmoid(-pred)
+    pos = target == 1.0
+    neg = target == 0.0
+    ce = spn if pos else (sp if neg else target * spn + (1.0 - target) * sp)
+    # m = p (1 - y) + q y and p - y = p (1 - y) - q y: no cancellation for y in [0, 1]
+    m = q if pos else (p if neg else p * (1.0 - target) + q * target)
+    r = -q if pos else (p if neg else p * (1.0 - target) - q * target)
+    dm = p * q * (1.0 - 2.0 * target)
+    return r, ce, m, dm
 
 
 @_piece
-def _focal_finish(p, target, ce, mg, dmg, alpha):
-    """Value and gradient from ``mg = m^gamma`` and ``dmg = d(m^gamma)/dx``, alpha-weighted."""
+def _focal_finish(r, target, ce, mg, dmg, alpha):
+    """Value and gradient from ``r = p - y``, ``mg = m^gamma`` and ``dmg = d(m^gamma)/dx``, alpha-weighted."""
     value = ce * mg
-    grad = (p - target) * mg + ce * dmg
+    # ce * dmg -> 0 as |x| -> inf (dmg decays like e^-|x|, ce grows like |x|): at an infinite
+    # logit dmg is 0 and ce inf, and the product is that limit, not NaN
+    grad = r * mg + (ce * dmg if dmg != 0.0 else 0.0)
     if alpha >= 0.0:
         a = alpha * target + (1.0 - alpha) * (1.0 - target)
         value *= a
@@ -77,17 +104,17 @@ def _focal_finish(p, target, ce, mg, dmg, alpha):
 
 
 def _sigmoid_focal(pred, target, alpha, gamma):
-    p, ce, m, dm = _focal_base(pred, target)
+    r, ce, m, dm = _focal_base(pred, target)
     mg = pow(m, gamma)
     # m^(gamma - 1) as m^gamma / m (m > 0 here): one pow per element instead of two
     dmg = gamma * (mg / m) * dm if (gamma != 0.0 and m > 0.0) else 0.0
-    return _focal_finish(p, target, ce, mg, dmg, alpha)
+    return _focal_finish(r, target, ce, mg, dmg, alpha)
 
 
 def _sigmoid_focal_gamma2(pred, target, alpha, gamma):
     # gamma = 2, the default and the paper's choice: m^2 exactly, and no pow to compile or to run
-    p, ce, m, dm = _focal_base(pred, target)
-    return _focal_finish(p, target, ce, m * m, 2.0 * m * dm, alpha)
+    r, ce, m, dm = _focal_base(pred, target)
+    return _focal_finish(r, target, ce, m * m, 2.0 * m * dm, alpha)
 
 
 sigmoid_focal = register(LossSpec(

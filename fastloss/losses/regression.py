@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from .._compile import inline_helper
 from .._kernels.mathfn import exp, expm1, log1p, softplus, tanh
 from .._registry import register
 from .._spec import Input, Interval, LossSpec, Param, Properties
@@ -149,12 +150,24 @@ smooth_l1 = register(LossSpec(
 ))
 
 
+#: Below this |d| log_cosh uses its small-residual form (both are within 3 ulp around it).
+LOG_COSH_SMALL = 0.75
+
+
 def _log_cosh(pred, target):
     d = pred - target
     a = abs(d)
     # log(cosh d) = |d| + log1p(exp(-2|d|)) - log 2: no overflow for large |d|; softplus(-2|d|) is
     # that log1p(exp(-2|d|)), and shares its exp(-2|d|) with tanh
-    return a + softplus(-2.0 * a) - LN2, tanh(d)
+    large = a + softplus(-2.0 * a) - LN2
+    # For small |d| the three terms above cancel to ~d^2/2, leaving only the rounding of log 2
+    # (122% error at d = 1e-8). There log cosh d = -log(1 - tanh^2 d) / 2 from the gradient's
+    # tanh: t^2 is accurate relative to itself and log1p adds nothing that cancels while
+    # t^2 < 0.42 (|d| < 0.75); measured within 3 ulp of the exact value. It costs one log1p
+    # (log1p(u^2 / (2 + 2u)) with u = expm1(|d|) is as accurate but costs an expm1 more).
+    t = tanh(d)
+    small = -0.5 * log1p(-(t * t))
+    return (small if a < LOG_COSH_SMALL else large), t
 
 
 log_cosh = register(LossSpec(
@@ -177,11 +190,30 @@ log_cosh = register(LossSpec(
 ))
 
 
-def _quantile(pred, target, q):
+# the contract flag only: with the kernels' ``reassoc``, LLVM factors ``t/2 - p/2`` back into ``(t - p)/2``
+_exact = inline_helper({"contract"})
+
+
+@_exact
+def _scaled_residual(target, pred):
+    """``(s (target - pred), s)`` with ``s = 1``, or ``1/2`` where ``target - pred`` overflows.
+
+    The difference of finite inputs of opposite signs near the float64 limit (1e308 and -1e308)
+    overflows although a loss that is a fraction of it does not; the difference of the halves
+    does not (halving is exact for the large input; a bit lost by a subnormal one is far below
+    the result's ulp).
+    """
     d = target - pred
+    s = 0.5 if abs(d) == math.inf else 1.0
+    return target * s - pred * s, s
+
+
+def _quantile(pred, target, q):
+    d, s = _scaled_residual(target, pred)
     above = d > 0.0
     grad = -q if above else 1.0 - q
-    return (q * d if above else (q - 1.0) * d), (grad if d == d else d)  # NaN residual -> NaN gradient
+    # divided back by s: overflows only where the true value does
+    return (q * d if above else (q - 1.0) * d) / s, (grad if d == d else d)  # NaN residual -> NaN gradient
 
 
 quantile = register(LossSpec(
