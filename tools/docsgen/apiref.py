@@ -21,7 +21,9 @@ from pathlib import Path
 PACKAGE = "fastloss"
 #: Public-looking submodules that are not API pages: the loss declarations (the catalogue
 #: documents the losses) and the command-line entry point (documented with each command).
-NOT_API = ("losses", "__main__")
+#: packages without a page: the declarations (documented as the catalogue) and the internals of the
+#: kinds and the CUDA infrastructure (documented in docs/architecture.md)
+NOT_API = ("losses", "__main__", "kinds", "device")
 #: Pages come in this order; other public modules follow alphabetically.
 ORDER = ("fastloss", "custom", "scoring", "dask", "torch", "jax", "bench")
 #: Dunder methods that are API (and so need a docstring) when a public class defines them.
