@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from ._api import Loss
-from ._spec import LossSpec
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the losses are built by fastloss._api.register, which fills this registry
+    from ._api import Loss
 
 REGISTRY: dict[str, Loss] = {}
 """Every registered loss by name, in declaration order (the catalogue, tests and benchmarks iterate it)."""
-
-
-def register(spec: LossSpec) -> Loss:
-    """Build the public callable for ``spec`` and add it to the registry."""
-    if spec.name in REGISTRY:
-        raise ValueError(f"a loss named {spec.name!r} is already registered")
-    loss = Loss(spec)
-    REGISTRY[spec.name] = loss
-    return loss
 
 
 def get(name: str) -> Loss:

@@ -33,6 +33,7 @@ import numpy as np
 
 from . import _exact, _quantiles
 from ._api import Loss
+from .kinds import KINDS
 from .scoring import DEFAULT_QUANTILES, Accumulator, ScoreError, ScoringJob, Summary, resolve_loss
 
 __all__ = ["DaskRunner", "per_sample", "summarize", "value"]
@@ -97,7 +98,7 @@ def _tree(parts: list, combine, split_every: int):
 def _mean_denominator(loss: Loss, arrays: list, weight, params: dict) -> float:
     """What ``reduction="mean"`` divides by, for one block (summed exactly across blocks)."""
     spec = loss.spec
-    if spec.kind == "pointwise":
+    if KINDS[spec.kind].elementwise:
         shape = np.broadcast_shapes(*(a.shape for a in arrays if a is not None))
         if weight is None:
             return np.full(1, float(np.prod(shape)))
@@ -183,7 +184,7 @@ def value(
     # pointwise weights with a row axis are split with the rows; others (class weights, weights that
     # broadcast along the rows) go whole to every block
     n = np.shape(arrays[0])[0] if np.ndim(arrays[0]) else -1
-    row_weight = (weight is not None and loss.spec.kind == "pointwise" and np.ndim(weight) >= 1
+    row_weight = (weight is not None and KINDS[loss.spec.kind].elementwise and np.ndim(weight) >= 1
                   and np.ndim(weight) >= max(np.ndim(a) for a in arrays if a is not None)
                   and np.shape(weight)[0] == n)
     xs, w, rows = _align(arrays, weight if row_weight else None)
@@ -220,7 +221,7 @@ def _per_element(loss: Loss, xs: list, w, w_const, params: dict):
     present = [x for x in xs if x is not None]
     for x in present:
         pairs += [x, "i" + letters[: x.ndim - 1]]
-    out_ndim = max(x.ndim for x in present) if loss.spec.kind == "pointwise" else present[0].ndim - 1
+    out_ndim = max(x.ndim for x in present) if KINDS[loss.spec.kind].elementwise else present[0].ndim - 1
     if w is not None:
         pairs += [w, "i" + letters[: w.ndim - 1]]
     out_index = "i" + letters[: out_ndim - 1]

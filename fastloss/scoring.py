@@ -53,6 +53,7 @@ from . import _exact, _quantiles
 from ._api import Loss
 from ._compile import njit
 from ._spec import Discrete, Interval
+from .kinds import KINDS
 
 __all__ = [
     "DEFAULT_QUANTILES",
@@ -443,7 +444,7 @@ class ScoringJob:
         if pred is not None and target is not None:
             pshape, tshape = _shape(pred), _shape(target)
             tkind = np.dtype(target.dtype).kind
-            if spec.kind != "pointwise" and len(tshape) == len(pshape) - 1 and tkind in "iub":
+            if not KINDS[spec.kind].elementwise and len(tshape) == len(pshape) - 1 and tkind in "iub":
                 # class-index targets of a row-wise loss: labels in [0, C), or ignore_index
                 self.index_target = True
                 self.n_index = pshape[-1]
@@ -455,7 +456,7 @@ class ScoringJob:
         for k, (name, src) in enumerate(zip(spec_names, self.sources)):
             if src is not None and isinstance(domains.get(name), Discrete):
                 self.discrete.append((k, tuple(domains[name].values)))
-        if self.class_values is None and target is not None and spec.kind == "pointwise":
+        if self.class_values is None and target is not None and KINDS[spec.kind].elementwise:
             tshape = _shape(target)
             dom = domains.get(spec_names[1])
             classification = spec.properties is not None and "classification" in spec.properties.problem
@@ -574,7 +575,7 @@ class ScoringJob:
             )
         if out.ndim == 1:
             losses = out.astype(np.float64)  # always a copy: chunk buffers may be reused
-        elif spec.kind == "pointwise":
+        elif KINDS[spec.kind].elementwise:
             losses = np.empty(n, np.float64)
             _row_means(np.ascontiguousarray(out.reshape(n, -1)), losses)
         else:

@@ -314,7 +314,7 @@ def check_out(loss: str, name: str, pl: Placement, out, shape, dtype, own, other
 
 
 def _is_device(x) -> bool:
-    from . import is_device_array
+    from .detect import is_device_array
 
     return is_device_array(x)
 

@@ -24,22 +24,24 @@ importable; without SciPy the update goes through a temporary of at most the chu
 
 from __future__ import annotations
 
-import math
-import operator
 from typing import Any
 
 import numpy as np
 
-from .._validate import REDUCTIONS, native_byte_order
+from .._validate import native_byte_order
+from .checks import (
+    CHUNK_FRACTION,
+    MAX_CHUNK_BYTES,
+    MIN_CHUNK_ROWS,
+    NAME,
+    ce_options,
+    check_labels,
+    check_options,
+    default_chunk_rows,
+)
 
-#: Default memory budget of the chunk buffer: this fraction of the full logits ...
-CHUNK_FRACTION = 1 / 8
-#: ... but at most this many bytes ...
-MAX_CHUNK_BYTES = 256 * 2**20
-#: ... and, for matmul efficiency, at least this many rows (fewer only when the batch is smaller).
-MIN_CHUNK_ROWS = 32
-
-_NAME = "linear_cross_entropy"
+__all__ = ["CHUNK_FRACTION", "MAX_CHUNK_BYTES", "MIN_CHUNK_ROWS", "LinearCrossEntropy", "check_labels",
+           "check_options", "default_chunk_rows", "linear_cross_entropy"]
 
 _UNLOADED: Any = object()
 #: SciPy's in-place ``C = alpha A B + C`` per dtype (NumPy's matmul cannot accumulate); loaded on
@@ -57,17 +59,6 @@ def _gemm() -> dict[np.dtype, Any] | None:
         except ImportError:  # pragma: no cover - exercised by the tests through monkeypatching _GEMM
             _GEMM = None
     return _GEMM
-
-
-def default_chunk_rows(tokens: int, vocab: int, itemsize: int) -> int:
-    """Rows per chunk for ``chunk_size=None``: the chunk buffer within the memory budget.
-
-    ``min(CHUNK_FRACTION * full logits, MAX_CHUNK_BYTES)`` bytes, but at least ``MIN_CHUNK_ROWS``
-    rows, and never more rows than tokens.
-    """
-    row_bytes = max(vocab, 1) * itemsize
-    budget = min(CHUNK_FRACTION * tokens * row_bytes, MAX_CHUNK_BYTES)
-    return max(1, min(tokens, max(MIN_CHUNK_ROWS, int(budget // row_bytes))))
 
 
 class LinearCrossEntropy:
@@ -102,7 +93,7 @@ class LinearCrossEntropy:
     ((6, 4), (10, 4))
     """
 
-    __name__ = __qualname__ = _NAME
+    __name__ = __qualname__ = NAME
     __module__ = "fastloss"
 
     def __call__(self, hidden, weight, target, bias=None, *, ignore_index: int = -100,
@@ -196,22 +187,22 @@ def _check_same_device(hidden, weight, target, bias) -> None:
     named = {"hidden": hidden, "weight": weight, "target": target, "bias": bias}
     host = [name for name, a in named.items() if a is not None and not is_device_array(a)]
     if host:
-        raise TypeError(f"{_NAME}: {', '.join(host)} on the host but other inputs are CUDA arrays; "
+        raise TypeError(f"{NAME}: {', '.join(host)} on the host but other inputs are CUDA arrays; "
                         "pass all inputs on the same device")
 
 
 def _float_array(name: str, x, dtype: np.dtype | None = None) -> np.ndarray:
     if x is None:
-        raise TypeError(f"{_NAME}: {name} is required, got None")
+        raise TypeError(f"{NAME}: {name} is required, got None")
     if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
-        raise TypeError(f"{_NAME}: {name} is a CUDA array but another input is on the host; "
+        raise TypeError(f"{NAME}: {name} is a CUDA array but another input is on the host; "
                         "pass all inputs on the same device")
     a = native_byte_order(np.asarray(x))  # big-endian data (from files) is valid input
     if a.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{_NAME}: {name} must be float32 or float64, got dtype {a.dtype}")
+        raise TypeError(f"{NAME}: {name} must be float32 or float64, got dtype {a.dtype}")
     if dtype is not None and a.dtype != dtype:
         # a silent cast would copy a possibly vocabulary-sized matrix: make the caller choose
-        raise TypeError(f"{_NAME}: {name} is {a.dtype} but hidden is {dtype}; pass both in one dtype")
+        raise TypeError(f"{NAME}: {name} is {a.dtype} but hidden is {dtype}; pass both in one dtype")
     return a
 
 
@@ -220,17 +211,17 @@ def _validate(hidden, weight, target, bias, ignore_index, label_smoothing, z_los
     """Arrays as ``(tokens, H)``, ``(V, H)``, ``(V,)`` or None, int64 ``(tokens,)``, and the options."""
     h = _float_array("hidden", hidden)
     if h.ndim == 0:
-        raise ValueError(f"{_NAME}: hidden must have shape (..., H); got a 0-d array")
+        raise ValueError(f"{NAME}: hidden must have shape (..., H); got a 0-d array")
     w = _float_array("weight", weight, h.dtype)
     if w.ndim != 2 or w.shape[1] != h.shape[-1] or w.shape[0] == 0:
-        raise ValueError(f"{_NAME}: weight must have shape (V, H) = (V, {h.shape[-1]}) with V >= 1 "
+        raise ValueError(f"{NAME}: weight must have shape (V, H) = (V, {h.shape[-1]}) with V >= 1 "
                          f"(hidden is {h.shape}); got {w.shape}")
     vocab = w.shape[0]
     b = None
     if bias is not None:
         b = _float_array("bias", bias, h.dtype)
         if b.shape != (vocab,):
-            raise ValueError(f"{_NAME}: bias must have shape (V,) = ({vocab},); got {b.shape}")
+            raise ValueError(f"{NAME}: bias must have shape (V,) = ({vocab},); got {b.shape}")
         b = np.ascontiguousarray(b)
     lead = h.shape[:-1]
     y, count = check_labels(target, lead, vocab, ignore_index, f"hidden {h.shape} without its last axis")
@@ -241,57 +232,9 @@ def _validate(hidden, weight, target, bias, ignore_index, label_smoothing, z_los
         "count": count,
         "reduction": reduction,
         "chunk_size": chunk_size,
-        "ce": _ce_options(ignore_index, label_smoothing, z_loss, softcap),
+        "ce": ce_options(ignore_index, label_smoothing, z_loss, softcap),
     }
     return h2, np.ascontiguousarray(w), b, y, opts
-
-
-def check_labels(target, lead: tuple, vocab: int, ignore_index, lead_doc: str) -> tuple[np.ndarray, int]:
-    """Host target as flat int64 labels, validated, and the number of non-ignored ones."""
-    if target is None:
-        raise TypeError(f"{_NAME}: target is required, got None")
-    t = native_byte_order(np.asarray(target))
-    if t.dtype.kind not in "iu":
-        raise TypeError(f"{_NAME}: target must hold integer class indices, got dtype {t.dtype}")
-    if t.shape != lead:
-        raise ValueError(f"{_NAME}: target must have shape {lead} ({lead_doc}); got {t.shape}")
-    ignore_index = operator.index(ignore_index)
-    y = t.reshape(-1).astype(np.int64, copy=False)
-    kept = y != ignore_index
-    bad = np.flatnonzero(kept & ((y < 0) | (y >= vocab)))
-    if bad.size:
-        i = int(bad[0])
-        where = ", ".join(map(str, np.unravel_index(i, t.shape))) if t.ndim else ""
-        raise ValueError(f"{_NAME}: target[{where}] = {y[i]} is not a class index in [0, {vocab}) "
-                         f"or ignore_index={ignore_index}")
-    return y, int(np.count_nonzero(kept))
-
-
-def check_options(reduction, label_smoothing, z_loss, softcap, chunk_size) -> int | None:
-    """Validate the scalar options; the chunk size as an int (or None)."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{_NAME}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"{_NAME}: label_smoothing must lie in [0, 1], got {label_smoothing}")
-    if not z_loss >= 0.0 or not math.isfinite(z_loss):
-        raise ValueError(f"{_NAME}: z_loss must be a finite number >= 0, got {z_loss}")
-    if softcap is not None and not (softcap > 0.0 and math.isfinite(softcap)):
-        raise ValueError(f"{_NAME}: softcap must be None or a finite number > 0, got {softcap}")
-    if chunk_size is not None:
-        chunk_size = operator.index(chunk_size)
-        if chunk_size < 1:
-            raise ValueError(f"{_NAME}: chunk_size must be a positive integer, got {chunk_size}")
-    return chunk_size
-
-
-def _ce_options(ignore_index: int, label_smoothing: float, z_loss: float, softcap: float | None) -> dict[str, Any]:
-    """Keyword arguments for ``cross_entropy`` (the z-loss and soft-cap only when used)."""
-    kw: dict[str, Any] = {"ignore_index": ignore_index, "label_smoothing": label_smoothing}
-    if z_loss:
-        kw["z_loss"] = z_loss
-    if softcap is not None:
-        kw["softcap"] = softcap
-    return kw
 
 
 def _accumulate(gw: np.ndarray, dl: np.ndarray, h: np.ndarray, alpha: float, first: bool) -> None:

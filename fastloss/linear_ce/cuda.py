@@ -18,15 +18,15 @@ import math
 
 import numpy as np
 
-from .. import linear_ce as host  # the package's host side
 from ..device import arrays as device
 from ..device import matmul
+from . import checks as host
 
 
 def run(hidden, weight, target, bias, ignore_index, label_smoothing, z_loss, softcap, reduction, chunk_size, *,
         need_grad: bool):
     """``(loss, gradients or None)`` of :func:`fastloss.linear_cross_entropy` for CUDA arrays."""
-    name = host._NAME
+    name = host.NAME
     pl = device.Placement(name, "hidden", hidden)
     with pl.active():
         fw = pl.framework
@@ -70,7 +70,7 @@ def run(hidden, weight, target, bias, ignore_index, label_smoothing, z_loss, sof
             w2, b2 = arrays["weight"], arrays["bias"]
             y2 = target.reshape(n)
         return _chunk_loop(ops, h2, w2, b2, y2, lead, count, dtype, reduction, chunk_size,
-                           host._ce_options(ignore_index, label_smoothing, z_loss, softcap), need_grad)
+                           host.ce_options(ignore_index, label_smoothing, z_loss, softcap), need_grad)
 
 
 def _rows(view, shape, name):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 
+from .._api import register
 from .._compile import inline_helper
 from .._config import FASTMATH
 
 # mathfn's pow (not ``**``): a libm call per element would keep the driver loop scalar
 from .._kernels.mathfn import pow, sigmoid, softplus_sigmoid
-from .._registry import register
 from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
 
 LOGITS = Input("pred", "Logits (unnormalised scores).", differentiable=True)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 
+from .._api import register
 from .._compile import njit
 from .._kernels.mathfn import pow
-from .._registry import register
 from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
 from ..kinds.rowsum.host import RowReduce, row_options
 from .multiclass import cross_entropy

@@ -18,8 +18,8 @@ import math
 
 import numpy as np
 
+from .._api import register
 from .._kernels.mathfn import exp, expm1, log, tanh
-from .._registry import register
 from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
 from ..kinds.softmax import primitives as R
 

@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 
+from .._api import register
 from .._compile import njit
 from .._kernels.mathfn import sigmoid
-from .._registry import register
 from .._spec import Input, Interval, LossSpec, Param, Properties
 from ..kinds.rowsum.host import RowReduce, row_options
 

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 
+from .._api import register
 from .._compile import scalar_kernel
 from .._kernels.mathfn import exp, log
-from .._registry import register
 from .._spec import Input, Interval, LossSpec, Param, Properties
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from .._api import register
 from .._kernels.mathfn import softplus_sigmoid
-from .._registry import register
 from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
+from .._api import register
 from .._compile import inline_helper
 from .._kernels.mathfn import exp, expm1, log1p, softplus, tanh
-from .._registry import register
 from .._spec import Input, Interval, LossSpec, Param, Properties
 from ._common import sign
 

@@ -7,7 +7,7 @@ penalties ``||w||_1`` and ``0.5 ||w||_2^2`` are ``reduction="sum"``.
 
 from __future__ import annotations
 
-from .._registry import register
+from .._api import register
 from .._spec import Input, LossSpec, Properties
 from ._common import sign
 
