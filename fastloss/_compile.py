@@ -18,6 +18,7 @@ import functools
 import hashlib
 import inspect
 import linecache
+import threading
 import types
 import warnings
 from collections.abc import Callable, Iterable
@@ -204,3 +205,38 @@ def scalar_kernel(func: Callable):
     # wrapper is code that would be generated and compiled to machine code for nothing
     return njit(func, cache=False, error_model="numpy", fastmath=set(_config.FASTMATH), forceinline=True,
                 no_cpython_wrapper=True, no_cfunc_wrapper=True)
+
+
+_readonly_lock = threading.Lock()
+
+
+def readonly_dispatcher(dispatcher):
+    """``dispatcher`` made to compile only through :func:`compile_readonly` (returns it).
+
+    A dispatcher that may compile on a call compiles a new specialisation for a writable array
+    even when it holds one for the read-only array type; one that may not looks for a safe
+    conversion instead (writable -> read-only is one), so writable and read-only calls share
+    the read-only compilation.
+    """
+    dispatcher._can_compile = False  # disable_compile() refuses a dispatcher with no signature yet
+    return dispatcher
+
+
+def compile_readonly(dispatcher, args: tuple, readonly: Iterable[int]) -> bool:
+    """Compile a :func:`readonly_dispatcher` for the types of ``args``, the arrays at ``readonly`` read-only.
+
+    Returns False when it already holds that signature (a call that still found no match failed
+    for another reason). Loads from the disk cache like any compilation.
+    """
+    positions = set(readonly)
+    sig = tuple(numba.typeof(a).copy(readonly=True) if k in positions else numba.typeof(a)
+                for k, a in enumerate(args))
+    with _readonly_lock:
+        if sig in dispatcher.overloads:
+            return False
+        dispatcher._can_compile = True  # as Numba's own Dispatcher.recompile does
+        try:
+            dispatcher.compile(sig)
+        finally:
+            dispatcher._can_compile = False
+    return True

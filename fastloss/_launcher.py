@@ -45,11 +45,15 @@ def num_threads() -> int:
     return numba.config.NUMBA_NUM_THREADS
 
 
-def pieces(nchunks: int, threads: int) -> list[tuple[int, int]]:
-    """Cut chunks ``0 .. nchunks - 1`` into contiguous ``(c0, c1)`` pieces for ``threads`` threads."""
+def pieces(nchunks: int, threads: int, min_piece: int = MIN_PIECE_CHUNKS) -> list[tuple[int, int]]:
+    """Cut chunks ``0 .. nchunks - 1`` into contiguous ``(c0, c1)`` pieces for ``threads`` threads.
+
+    ``min_piece`` is the fewest chunks in a piece: the default suits ``CHUNK``-sized chunks; a
+    caller with larger units of work (the softmax kind's row blocks) passes less.
+    """
     # a multiple of the thread count: with one piece too many, one thread runs two while the rest wait
-    per_thread = min(PIECES_PER_THREAD, nchunks // (MIN_PIECE_CHUNKS * threads))
-    count = threads * per_thread if per_thread > 0 else max(1, min(threads, nchunks // MIN_PIECE_CHUNKS))
+    per_thread = min(PIECES_PER_THREAD, nchunks // (min_piece * threads))
+    count = threads * per_thread if per_thread > 0 else max(1, min(threads, nchunks // min_piece))
     bounds = [nchunks * k // count for k in range(count + 1)]
     return [(bounds[k], bounds[k + 1]) for k in range(count) if bounds[k] < bounds[k + 1]]
 

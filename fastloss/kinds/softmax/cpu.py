@@ -39,8 +39,12 @@ Why the driver looks the way it does:
 
 * Rows are processed in blocks of ``max(1, ROW_BLOCK // classes)`` rows: many short rows share one
   kernel call (so a 10-class problem runs its exponentials over full SIMD vectors), long rows get a
-  block each. Block losses are summed in float64 into ``partials``, then added in block order:
-  bit-identical for any number of threads.
+  block each. Block losses are summed in float64 into ``partials``, then added in block order by
+  :func:`block_total`: bit-identical for any number of threads.
+* The driver computes any range of blocks and releases the GIL, so the parallel path is the same
+  compiled function run on pieces of the block range by :mod:`fastloss._launcher`'s threads. A
+  ``prange`` twin cost a second compilation (Numba's parfor lowering and a second optimisation of
+  the inlined kernel: ~40% of a cold cross-entropy call) for every loss and dtype.
 * For fewer rows than threads with a long class axis, the kernel is compiled a second time with
   the split twins of the primitives (parallel over pieces of each row) and called from a serial
   loop over rows. The serial primitives add long rows piece by piece in the same order, so the two
@@ -53,10 +57,9 @@ from __future__ import annotations
 import types
 
 import numpy as np
-from numba import prange
 
 from ..._compile import njit
-from ..._config import FASTMATH, ROW_BLOCK
+from ..._config import FASTMATH, ROW_BLOCK, jit_options
 from ..._kernels.tuples import chunk_stats
 from . import primitives as rowops
 
@@ -71,8 +74,8 @@ def _row_kernel(*args):  # placeholder, rebound per loss by ``specialise``
     raise NotImplementedError
 
 
-def rowwise_driver(x, y, t, w, g, loss_rows, params, scale, ignore_index, flags, partials, stats):
-    """Fused row losses and gradients over ``(n, classes)`` C-contiguous arrays.
+def rowwise_driver(x, y, t, w, g, loss_rows, params, scale, ignore_index, flags, partials, stats, b0, b1):
+    """Fused row losses and gradients of row blocks ``b0`` to ``b1 - 1`` of ``(n, classes)`` C-contiguous arrays.
 
     Parameters
     ----------
@@ -100,11 +103,8 @@ def rowwise_driver(x, y, t, w, g, loss_rows, params, scale, ignore_index, flags,
         Per-block sums; twice as long with ``NEED_AUX``, the auxiliary parts' sums after them.
     stats : float64 array ``(nblocks(n, classes), 3)``
         Per-block gradient statistics (when ``flags & NEED_STATS``).
-
-    Returns
-    -------
-    float
-        Sum of the row losses (float64).
+    b0, b1 : int
+        The blocks to compute; several threads may run disjoint ranges of one call at once.
     """
     n, nc = x.shape
     rpb = max(1, ROW_BLOCK // nc)
@@ -115,7 +115,7 @@ def rowwise_driver(x, y, t, w, g, loss_rows, params, scale, ignore_index, flags,
     per_row = (flags & PER_ROW) != 0
     need_stats = (flags & NEED_STATS) != 0
     need_aux = (flags & NEED_AUX) != 0
-    for b in prange(nb):
+    for b in range(b0, b1):
         lo = b * rpb
         hi = min(lo + rpb, n)
         nr = hi - lo
@@ -157,6 +157,15 @@ def rowwise_driver(x, y, t, w, g, loss_rows, params, scale, ignore_index, flags,
                     loss_rows[n + lo + i] = lb[nr + i]
         if need_stats:
             chunk_stats((gb.reshape(-1),), stats[b])
+
+
+@njit(**jit_options(False))
+def block_total(partials, nb):
+    """The float64 sum of the first ``nb`` block partials, in block order.
+
+    The loop and its compile options are those of the sum that ended the former ``prange`` driver
+    (with ``reassoc`` LLVM may vectorise it), so totals keep their bits.
+    """
     total = 0.0
     for b in range(nb):
         total += partials[b]

@@ -31,9 +31,9 @@ from typing import Any
 import numba
 import numpy as np
 
-from ... import _buffers, _config, _stats, _threading
+from ... import _buffers, _config, _launcher, _stats, _threading
 from ..._call import Result, check_domains, check_outs, check_weight, grad_dtype, mean_scale, reduce_value
-from ..._compile import njit, specialise
+from ..._compile import compile_readonly, njit, readonly_dispatcher, specialise
 from ..._spec import LossSpec, Param
 from ..._validate import as_array, compute_dtype, overlaps
 from ..base import register_kind
@@ -86,6 +86,24 @@ def _mode(n: int, nc: int) -> str:
     return "par"
 
 
+#: Driver arguments compiled as read-only arrays (logits, class indices, probability targets,
+#: class weights): writable and read-only inputs then share one compilation.
+_READONLY = (0, 1, 2, 3)
+
+
+def _launch(drv, mode: str, args: tuple, nb: int) -> None:
+    """Run driver ``drv`` over all ``nb`` row blocks, serially or on several threads."""
+    if mode == "par":
+        # a row block is ~ROW_BLOCK elements, worth a piece of its own
+        threads = _launcher.num_threads()
+        _launcher.run_ranges(drv, args, _launcher.pieces(nb, threads, min_piece=1), threads)
+    elif mode == "ser":
+        drv(*args, 0, nb)
+    else:
+        with _threading.guard():  # the split twins run Numba parallel regions
+            drv(*args, 0, nb)
+
+
 class RowwiseKind:
     """Losses with one value per sample from a reduction over the class axis."""
 
@@ -131,26 +149,26 @@ class RowwiseKind:
         general one (cross entropy without label smoothing or soft-capping).
         """
         func = spec.kernel if func is None else func
-        key = (spec.name, mode, func)
+        split = mode == "split"  # "ser" and "par" are one compiled function (run on block ranges)
+        key = (spec.name, split, func)
         drv = self._drivers.get(key)
         if drv is None:
             with _compile_lock:
                 drv = self._drivers.get(key)
                 if drv is None:
-                    split = mode == "split"
                     kernel = self._kernels.get((func, split))
-                    if kernel is None:  # the serial and row-parallel drivers share one compiled kernel
+                    if kernel is None:
                         kernel = self._kernels[func, split] = rowwise_cpu.row_kernel(func, split=split)
                     variant = "" if func is spec.kernel else "__" + func.__name__.lstrip("_")
                     drv = specialise(
                         rowwise_cpu.rowwise_driver,
                         spec.name + variant + ("__split" if split else ""),
                         {"_row_kernel": kernel},
-                        parallel=mode == "par",
+                        parallel=False,
                         hashed=(func, *(f for pair in rowops.PRIMITIVES.values() for f in pair)),
                         cache=spec.options.get("cache", True),
                     )
-                    self._drivers[key] = drv
+                    self._drivers[key] = readonly_dispatcher(drv)
         return drv
 
     @staticmethod
@@ -258,11 +276,13 @@ class RowwiseKind:
             drv = self.driver(spec, mode, self.kernel_for(spec, params, y.size > 0))
             args = (x2, y, t2, w, g2, loss_rows, spec.kernel_params(params), scale, ignore_index,
                     flags, partials, stat_rows)
-            if mode == "ser":
-                total = drv(*args)
-            else:
-                with _threading.guard():
-                    total = drv(*args)
+            try:
+                _launch(drv, mode, args, nb)
+            except TypeError:  # no compilation for these types yet (drivers compile only here)
+                if not compile_readonly(drv, (*args, 0, nb), _READONLY):
+                    raise
+                _launch(drv, mode, args, nb)
+            total = rowwise_cpu.block_total(partials, nb)
 
         value = None
         if need_value:
