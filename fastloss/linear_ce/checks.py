@@ -11,12 +11,12 @@ import numpy as np
 
 from .._validate import REDUCTIONS, native_byte_order
 
-#: Default memory budget of the chunk buffer: this fraction of the full logits ...
 CHUNK_FRACTION = 1 / 8
-#: ... but at most this many bytes ...
+"""Default memory budget of the chunk buffer: this fraction of the full logits ..."""
 MAX_CHUNK_BYTES = 256 * 2**20
-#: ... and, for matmul efficiency, at least this many rows (fewer only when the batch is smaller).
+"""... but at most this many bytes ..."""
 MIN_CHUNK_ROWS = 32
+"""... and, for matmul efficiency, at least this many rows (fewer only when the batch is smaller)."""
 
 NAME = "linear_cross_entropy"
 
