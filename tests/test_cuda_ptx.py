@@ -91,7 +91,7 @@ def test_shared_kernels_compile_and_assemble_for_sm90():
     from fastloss.device import ptx
 
     kernels = ptx.shared_kernels()
-    assert {"finalize", "sum_values", "grad_stats", "first_not_in", "first_below", "check_labels",
+    assert {"finalize", "sum_values", "grad_stats", "first_not_in", "first_outside", "check_labels",
             "sum_to"} <= set(kernels)
     for name, code in kernels.items():
         assert ".target sm_90" in code, name
