@@ -49,9 +49,11 @@ def _simulator_env() -> dict:
 @pytest.mark.cudasim
 @pytest.mark.skipif(SIMULATOR_ON, reason="the simulator is on in this process: test_cuda.py runs directly")
 def test_simulator_suite():
-    """Every CUDA kernel of every loss against the CPU, on the simulator (tests/test_cuda.py)."""
+    """Every CUDA kernel of every loss against the CPU, and bad input on CUDA arrays, on the simulator
+    (tests/test_cuda.py, tests/test_cuda_bad_input.py)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_cuda.py"), "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_cuda.py"),
+         str(ROOT / "tests" / "test_cuda_bad_input.py"), "-q", "-p", "no:cacheprovider",
          "-W", "ignore::RuntimeWarning"],
         cwd=ROOT, env=_simulator_env(), capture_output=True, text=True, timeout=1500,
     )
