@@ -229,7 +229,7 @@ def test_kinds_without_a_cuda_driver_say_so(monkeypatch):
 @needs_numba_cuda
 @real_compiler
 def test_rowwise_kernels_run_block_cooperative_unless_they_store_themselves():
-    from fastloss.device import rowwise
+    from fastloss.kinds.softmax import cuda as rowwise
 
     modes = {name: rowwise.analyse(fl.get(name).spec.kernel, name) for name in fl.names("rowwise")}
     assert modes["cross_entropy"] == "block" and modes["kl_divergence"] == "block"
@@ -239,7 +239,7 @@ def test_rowwise_kernels_run_block_cooperative_unless_they_store_themselves():
 @needs_numba_cuda
 @real_compiler
 def test_rowwise_kernels_allocating_class_sized_scratch_are_refused():
-    from fastloss.device import rowwise
+    from fastloss.kinds.softmax import cuda as rowwise
 
     def kernel(x, y, t, w, g, scale, loss):
         buf = np.empty(x.shape[1])
@@ -254,7 +254,8 @@ def test_row_threads_and_launch_bounds():
     pytest.importorskip("numba_cuda")
     if SIMULATOR_ON:
         pytest.skip("module imported with the simulator's numba.cuda elsewhere")
-    from fastloss.device import config, rowwise
+    from fastloss.device import config
+    from fastloss.kinds.softmax import cuda as rowwise
 
     assert rowwise.row_threads(10) == 32
     assert rowwise.row_threads(128256) == config.ROW_THREADS
