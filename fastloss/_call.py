@@ -15,13 +15,14 @@ import contextvars
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from ._spec import Discrete, Interval, LossSpec
 from ._validate import as_array, check_out, outside, overlaps
+from .device import is_device_array
 
 
 class Result(NamedTuple):
@@ -41,8 +42,8 @@ def grad_dtype(x) -> np.dtype:
     return x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
 
 
-def check_outs(loss: str, names: Sequence[str], diff: Sequence[int], out, arrays: Sequence[np.ndarray],
-               weight, shapes: Sequence[tuple] | None = None) -> list:
+def check_outs(loss: str, names: Sequence[str], diff: Sequence[int], out, arrays: Sequence[Any],
+               weight, shapes: Sequence[tuple] | None = None, *, check: Callable | None = None) -> list:
     """The user's ``out=`` buffers, one per differentiable input (None where not given).
 
     ``out`` is one array (one differentiable input) or a tuple with one entry per differentiable
@@ -50,6 +51,11 @@ def check_outs(loss: str, names: Sequence[str], diff: Sequence[int], out, arrays
     input (in place) or overlap it (the kind then computes into a private buffer, see
     :func:`writes_through`), but sharing memory with any other input, the weight or another
     ``out`` entry is an error: the result would depend on the order the kernel writes in.
+
+    ``check(label, out, shape, dtype, forbidden)`` checks one buffer and returns what the kind
+    keeps of it; the default checks NumPy arrays (:func:`fastloss._validate.check_out`). The CUDA
+    kinds pass theirs (:func:`fastloss.device.arrays.out_checker`: the same rules over device
+    memory ranges), with their Numba views as ``arrays`` and ``weight``.
     """
     if out is None:
         return [None] * len(diff)
@@ -63,14 +69,22 @@ def check_outs(loss: str, names: Sequence[str], diff: Sequence[int], out, arrays
             checked.append(None)
             continue
         x = arrays[k]
-        forbidden = [(names[i], a) for i, a in enumerate(arrays) if i != k and isinstance(a, np.ndarray)]
+        forbidden = [(names[i], a) for i, a in enumerate(arrays) if i != k and _is_buffer(a)]
         forbidden += [(f"out[{jj}]", oo) for jj, oo in enumerate(outs) if jj != j and oo is not None]
-        if isinstance(weight, np.ndarray):
+        if _is_buffer(weight):
             forbidden.append(("weight", weight))
         label = f"out[{j}]" if len(diff) > 1 else "out"
         shape = x.shape if shapes is None else shapes[j]
-        checked.append(check_out(loss, label, o, shape, grad_dtype(x), forbidden))
+        if check is None:
+            checked.append(check_out(loss, label, o, shape, grad_dtype(x), forbidden))
+        else:
+            checked.append(check(label, o, tuple(shape), grad_dtype(x), forbidden))
     return checked
+
+
+def _is_buffer(a) -> bool:
+    """Whether ``a`` is memory a gradient could be written over (numbers and lists are not)."""
+    return isinstance(a, np.ndarray) or is_device_array(a)
 
 
 def same_memory(a: np.ndarray, b: np.ndarray) -> bool:
@@ -111,16 +125,43 @@ def signed_weights() -> Iterator[None]:
         _SIGNED_WEIGHTS.reset(token)
 
 
+def weights_must_be_checked(dtype: np.dtype) -> bool:
+    """Whether weights of ``dtype`` must be checked for negative values in this context
+    (not unsigned or bool, and not inside :func:`signed_weights`)."""
+    return dtype.kind not in "ub" and not _SIGNED_WEIGHTS.get()
+
+
+#: The interval every weight must lie in (NaN passes, as in NumPy).
+WEIGHT_DOMAIN = Interval(0.0, math.inf)
+
+
+def position(flat_index: int, shape) -> str:
+    """``"[i, j]"``: where the element at C-order ``flat_index`` of an array of ``shape`` is
+    (empty for a 0-d array), as the error messages of the checks name it."""
+    if not len(shape):
+        return ""
+    index = np.unravel_index(flat_index, tuple(shape))
+    return f"[{', '.join(str(int(i)) for i in index)}]"
+
+
+def weight_error(loss: str, where: str, value) -> ValueError:
+    """The error for a negative weight, ``value`` at ``where`` (see :func:`position`)."""
+    return ValueError(f"{loss}: weight must be non-negative; weight{where} = {value!r}")
+
+
+def domain_error(loss: str, name: str, dom: Interval, where: str, value) -> ValueError:
+    """The error for an element of input ``name`` outside its declared domain ``dom``."""
+    return ValueError(f"{loss}: {name} must be in {dom}; {name}{where} = {value!r}")
+
+
 def check_weight(loss: str, weight) -> np.ndarray:
     """``weight`` as an array, refusing negative weights (NaN propagates, as in NumPy); see
     :func:`signed_weights` for the one caller that may pass negative ones."""
     w = as_array(loss, "weight", weight)
-    if w.size and not _SIGNED_WEIGHTS.get() and w.dtype.kind not in "ub":
+    if w.size and weights_must_be_checked(w.dtype):
         first = outside(w, 0.0, math.inf, True, True)
         if first >= 0:
-            index = np.unravel_index(first, w.shape) if w.ndim else ()
-            where = f"[{', '.join(str(int(i)) for i in index)}]" if w.ndim else ""
-            raise ValueError(f"{loss}: weight must be non-negative; weight{where} = {w.reshape(-1)[first]!r}")
+            raise weight_error(loss, position(first, w.shape), w.reshape(-1)[first])
     return w
 
 
@@ -174,10 +215,8 @@ def check_domain(loss: str, name: str, arr: np.ndarray, dom: Interval) -> None:
         return
     first = outside(arr, dom.low, dom.high, dom.closed[0], dom.closed[1])
     if first >= 0:
-        index = np.unravel_index(first, arr.shape) if arr.ndim else ()
-        where = f"[{', '.join(str(int(i)) for i in index)}]" if arr.ndim else ""
         value = np.asarray(arr).reshape(-1)[first] if arr.ndim else arr[()]
-        raise ValueError(f"{loss}: {name} must be in {dom}; {name}{where} = {value!r}")
+        raise domain_error(loss, name, dom, position(first, arr.shape), value)
 
 
 def check_domains(spec: LossSpec, params, arrays: Sequence[np.ndarray]) -> None:
@@ -189,12 +228,14 @@ def check_domains(spec: LossSpec, params, arrays: Sequence[np.ndarray]) -> None:
 # -- shapes --------------------------------------------------------------------------------------------
 
 
-def warn_column_broadcast(loss: str, names: Sequence[str], arrays: Sequence[np.ndarray], shape) -> None:
+def warn_column_broadcast(loss: str, names: Sequence[str], arrays: Sequence[Any], shape,
+                          stacklevel: int = 5) -> None:
     """Warn when ``(N, 1)`` meets ``(N,)`` and NumPy broadcasting makes an ``(N, N)`` loss.
 
     Almost always a prediction column against a flat target; PyTorch warns for exactly this
     (``mse_loss``: "Using a target size that is different to the input size"). Other
-    broadcasting keeps NumPy's rules, silently.
+    broadcasting keeps NumPy's rules, silently. ``arrays`` may be host or device arrays (only
+    their shapes are read); ``stacklevel`` points the warning at the user's call.
     """
     if len(shape) != 2 or shape[0] != shape[1] or shape[0] < 2:
         return
@@ -205,7 +246,7 @@ def warn_column_broadcast(loss: str, names: Sequence[str], arrays: Sequence[np.n
         warnings.warn(
             f"{loss}: {cn} of shape {cs} and {fn} of shape {fs} broadcast to {tuple(shape)}: a loss per pair, "
             f"not per sample; reshape one of them (e.g. {cn}.reshape(-1)) if that is not what you meant",
-            UserWarning, stacklevel=5,
+            UserWarning, stacklevel=stacklevel,
         )
 
 

@@ -49,9 +49,11 @@ def _simulator_env() -> dict:
 @pytest.mark.cudasim
 @pytest.mark.skipif(SIMULATOR_ON, reason="the simulator is on in this process: test_cuda.py runs directly")
 def test_simulator_suite():
-    """Every CUDA kernel of every loss against the CPU, on the simulator (tests/test_cuda.py)."""
+    """Every CUDA kernel of every loss against the CPU, and bad input on CUDA arrays, on the simulator
+    (tests/test_cuda.py, tests/test_cuda_bad_input.py)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_cuda.py"), "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_cuda.py"),
+         str(ROOT / "tests" / "test_cuda_bad_input.py"), "-q", "-p", "no:cacheprovider",
          "-W", "ignore::RuntimeWarning"],
         cwd=ROOT, env=_simulator_env(), capture_output=True, text=True, timeout=1500,
     )
@@ -91,7 +93,7 @@ def test_shared_kernels_compile_and_assemble_for_sm90():
     from fastloss.device import ptx
 
     kernels = ptx.shared_kernels()
-    assert {"finalize", "sum_values", "grad_stats", "first_not_in", "first_below", "check_labels",
+    assert {"finalize", "sum_values", "grad_stats", "first_not_in", "first_outside", "check_labels",
             "sum_to"} <= set(kernels)
     for name, code in kernels.items():
         assert ".target sm_90" in code, name
@@ -258,7 +260,7 @@ def test_kinds_without_a_cuda_driver_say_so(monkeypatch):
 @needs_numba_cuda
 @real_compiler
 def test_rowwise_kernels_run_block_cooperative_unless_they_store_themselves():
-    from fastloss.device import rowwise
+    from fastloss.kinds.softmax import cuda as rowwise
 
     modes = {name: rowwise.analyse(fl.get(name).spec.kernel, name) for name in fl.names("rowwise")}
     assert modes["cross_entropy"] == "block" and modes["kl_divergence"] == "block"
@@ -268,7 +270,7 @@ def test_rowwise_kernels_run_block_cooperative_unless_they_store_themselves():
 @needs_numba_cuda
 @real_compiler
 def test_rowwise_kernels_allocating_class_sized_scratch_are_refused():
-    from fastloss.device import rowwise
+    from fastloss.kinds.softmax import cuda as rowwise
 
     def kernel(x, y, t, w, g, scale, loss):
         buf = np.empty(x.shape[1])
@@ -283,7 +285,8 @@ def test_row_threads_and_launch_bounds():
     pytest.importorskip("numba_cuda")
     if SIMULATOR_ON:
         pytest.skip("module imported with the simulator's numba.cuda elsewhere")
-    from fastloss.device import config, rowwise
+    from fastloss.device import config
+    from fastloss.kinds.softmax import cuda as rowwise
 
     assert rowwise.row_threads(10) == 32
     assert rowwise.row_threads(128256) == config.ROW_THREADS

@@ -7,6 +7,7 @@ CUDA side of the loss's kind (``fastloss/kinds/<kind>/cuda.py``).
 
 * :mod:`~fastloss.device.arrays`: array conversion, allocation, streams, errors;
 * :mod:`~fastloss.device.kernels`: ordered reductions, copies, label checks;
+* :mod:`~fastloss.device.checks`: the host's value checks (weights, domains, labels) run on the device, read back once;
 * :mod:`~fastloss.device.config`: launch configuration;
 * :mod:`~fastloss.device.matmul`: dense products through the arrays' framework (cuBLAS);
 * :mod:`~fastloss.device.ptx`: compiling and assembling kernels for a compute capability without a GPU;

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -259,6 +260,36 @@ def device_scalar(view):
     return cls(shape=(), strides=(), dtype=view.dtype, stream=view.stream, gpu_data=view.gpu_data)
 
 
+# -- results ---------------------------------------------------------------------------------
+
+
+def reduced_value(pl, reduction: str, per_sample, partials, n: int, dtype, scale: float, wsum, flags: int):
+    """The loss on the device for ``reduction``, never waiting: the per-sample array for ``"none"``,
+    else a 0-d result from the block partials: their sum, or their mean (times ``scale``, from
+    :func:`~fastloss._call.mean_scale`, or over ``wsum[0]`` with ``SCALE_BY_WSUM``; NaN for the
+    mean of nothing, 0 for its sum, as on the host)."""
+    if reduction == "none":
+        return per_sample
+    from .._flags import SCALE_BY_WSUM
+
+    tk = pl.kernels()
+    native, vview = pl.empty((1,), dtype)
+    if n:
+        mean = reduction == "mean"
+        tk.finalize[1, tk.threads, pl.stream](partials, vview, scale if mean else 1.0, wsum,
+                                              flags & SCALE_BY_WSUM if mean else 0)
+    else:
+        tk.fill[1, 1, pl.stream](vview, math.nan if reduction == "mean" else 0.0)
+    return pl.scalar(native, vview)
+
+
+def device_stats(pl, rows):
+    """Gradient statistics from per-block rows left on the device (reading them back waits)."""
+    from .. import _stats
+
+    return _stats.combine(*([pl.to_host(r) for r in rows] or [_stats.empty_partials(0)]))
+
+
 # -- memory ranges (out= checks) -------------------------------------------------------------
 
 
@@ -290,33 +321,69 @@ def overlap(a, b) -> bool:
     return alo < bhi and blo < ahi
 
 
-def check_out(loss: str, name: str, pl: Placement, out, shape, dtype, own, others) -> tuple:
-    """Validate a device gradient buffer: ``(out, its Numba view)``.
+def writes_through(out, own) -> bool:
+    """Whether a kernel may write the gradient of ``own`` straight into ``out`` (device views).
 
-    ``own`` is the input the gradient belongs to (``out`` may be exactly it); ``others`` are
-    ``(name, view)`` pairs ``out`` must not overlap.
+    As :func:`fastloss._call.writes_through`: yes when they do not overlap or ``out`` is exactly
+    ``own`` (the kernels read each element before writing its gradient); a partial overlap
+    (``out`` a shifted view of the input) is computed into a private buffer and copied at the end.
     """
-    if isinstance(out, np.ndarray) or not _is_device(out):
-        raise TypeError(f"{loss}: {name} must be a CUDA array like the inputs, got {type(out).__name__}")
-    if _framework(out) == "torch" and getattr(out, "requires_grad", False):
-        raise ValueError(f"{loss}: {name} is a tensor that requires grad; pass out.detach() to write into it")
-    view = out if _is_numba_array(out) else pl.cuda.as_cuda_array(out, sync=False)
-    if tuple(view.shape) != tuple(shape):
-        raise ValueError(f"{loss}: {name} has shape {tuple(view.shape)}, expected {tuple(shape)}")
-    if view.dtype != dtype:
-        raise TypeError(f"{loss}: {name} has dtype {view.dtype}, expected {dtype}")
-    if own is not None and overlap(view, own) and not same_memory(view, own):
-        raise ValueError(f"{loss}: {name} overlaps its input without being exactly it")
-    for other_name, other in others:
-        if other is not None and overlap(view, other):
-            raise ValueError(f"{loss}: {name} shares memory with {other_name}; it may only alias its own input")
-    return out, view
+    return same_memory(out, own) or not overlap(out, own)
+
+
+def out_checker(loss: str, pl: Placement):
+    """The device form of one ``out=`` check for :func:`fastloss._call.check_outs`.
+
+    ``check(label, out, shape, dtype, forbidden) -> (out, its Numba view)``: ``out`` must be a CUDA
+    array of ``shape`` and ``dtype`` that shares no memory (byte ranges on the device) with the
+    ``forbidden`` ``(name, array)`` pairs: the other inputs, the weight and the other ``out``
+    entries. Overlapping its own input is allowed (see :func:`writes_through`).
+    """
+
+    def check(label: str, out, shape, dtype, forbidden) -> tuple:
+        if isinstance(out, np.ndarray) or not _is_device(out):
+            raise TypeError(f"{loss}: {label} must be a CUDA array like the inputs, got {type(out).__name__}")
+        if _framework(out) == "torch" and getattr(out, "requires_grad", False):
+            raise ValueError(f"{loss}: {label} is a tensor that requires grad; pass out.detach() to write into it")
+        view = _numba_view(pl, out)
+        if tuple(view.shape) != tuple(shape):
+            raise ValueError(f"{loss}: {label} has shape {tuple(view.shape)}, expected {tuple(shape)}")
+        if view.dtype != dtype:
+            raise TypeError(f"{loss}: {label} has dtype {view.dtype}, expected {dtype}")
+        for other_name, other in forbidden:
+            if not _is_device(other):  # another out= entry that is not a CUDA array: refused in its turn
+                continue
+            if overlap(view, _numba_view(pl, other)):
+                raise ValueError(f"{loss}: {label} shares memory with {other_name}; it may only alias its own input")
+        return out, view
+
+    return check
+
+
+def _numba_view(pl: Placement, x):
+    if _is_numba_array(x):
+        return x
+    if _framework(x) == "torch" and getattr(x, "requires_grad", False):
+        x = x.detach()  # its interface is refused otherwise; the memory is the same
+    return pl.cuda.as_cuda_array(x, sync=False)
 
 
 def _is_device(x) -> bool:
     from .detect import is_device_array
 
     return is_device_array(x)
+
+
+def gathered(pl: Placement, v, shape):
+    """A contiguous copy of ``v`` broadcast to ``shape``, by a gather kernel (no host copy)."""
+    n = math.prod(shape)
+    buf = pl.scratch(n, v.dtype)
+    if n:
+        off = len(shape) - v.ndim
+        keep = tuple(0 if d >= off and v.shape[d - off] == 1 else 1 for d in range(len(shape)))
+        blocks, threads = pl.grid(n)
+        pl.kernels().gather(v.ndim, len(shape))[blocks, threads, pl.stream](U(n), v, buf, ushape(shape), ushape(keep))
+    return buf
 
 
 def c_contiguous(arr) -> bool:

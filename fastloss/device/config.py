@@ -23,12 +23,14 @@ ROW_THREADS = 256
 #: = 64 registers per thread; ptxas spills the rest of the cold per-row code to local memory).
 ROW_SM_THREADS = 1024
 
-#: Check class labels (and other discrete inputs) on the device and raise ``ValueError`` on the
-#: host, as on the CPU. This reads one number back from the device, i.e. it waits for the kernels
-#: queued before it. With ``False`` nothing waits: row kernels still never index with an invalid
+#: Check the values of a call's arrays on the device and raise ``ValueError`` on the host, with the
+#: CPU's rules and messages: class labels and other discrete inputs, declared target domains,
+#: negative weights, lower bounds, rows (see :mod:`fastloss.device.checks`). A call's checks are
+#: read back together, which waits once for the kernels queued before them; calls with nothing to
+#: check never wait. With ``False`` nothing waits: row kernels still never index with an invalid
 #: label (its row gets a NaN loss and a NaN gradient), values below a declared lower bound (pointwise
-#: ``lower_bounds``) and rows failing a ``row_check`` (rowreduce) get NaN, and other discrete inputs
-#: are used as given. The checks of values and rows follow the same switch.
+#: ``lower_bounds``) and rows failing a ``row_check`` (rowreduce) get NaN, and weights, targets and
+#: other discrete inputs are used as given.
 CHECK_LABELS = True
 
 #: Row reductions (the rowreduce kind): elements per piece when rows are split across blocks, and

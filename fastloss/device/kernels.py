@@ -19,12 +19,10 @@ import types
 
 from numba import cuda, float64, int64, uint64
 
+from .._flags import SCALE_BY_WSUM  # finalize's flag: divide by wsum[0] (weighted mean), not times ``scale``
 from . import config
 
 THREADS = 256  # placeholder, rebound by ``build``
-
-# ``flags`` of :func:`finalize`
-SCALE_BY_WSUM = 1  # divide by wsum[0] (weighted mean) instead of multiplying by ``scale``
 
 
 # -- device functions --------------------------------------------------------------------------
@@ -154,12 +152,14 @@ def first_not_in(n, x, allowed, bad):
         i += step
 
 
-def first_below(n, x, low, bad):
-    """``bad[0] = min(bad[0], first i with x[i] < low)`` (NaN is not below; an integer atomic)."""
+def first_outside(n, x, low, high, low_closed, high_closed, bad):
+    """``bad[0] = min(bad[0], first i with x[i] outside the interval)`` (NaN is inside, as on the
+    host; an integer atomic, so the answer does not depend on the order threads find elements in)."""
     i = grid_start()
     step = grid_step()
     while i < n:
-        if float64(x[i]) < low:
+        v = float64(x[i])
+        if v < low or v > high or (v == low and not low_closed) or (v == high and not high_closed):
             cuda.atomic.min(bad, 0, int64(i))
         i += step
 
@@ -254,7 +254,7 @@ def _scatter_source(ndim: int) -> str:
 
 
 DEVICE_FUNCTIONS = (grid_start, grid_step, block_sum, block_max)
-KERNELS = (fill, finalize, sum_values, grad_stats, first_not_in, first_below, check_labels, sum_to)
+KERNELS = (fill, finalize, sum_values, grad_stats, first_not_in, first_outside, check_labels, sum_to)
 
 
 class Toolkit:

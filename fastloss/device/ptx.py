@@ -59,7 +59,7 @@ def shared_kernels(cc: tuple[int, int] = DEFAULT_CC, threads: int = 256, ndims=(
             "sum_values": (u64, _array(np.float32), u64, _array(np.float64)),
             "grad_stats": (u64, _array(np.float16), _array(np.float64, 2)),
             "first_not_in": (u64, _array(np.int64), types.UniTuple(f64, 3), _array(np.int64)),
-            "first_below": (u64, _array(np.float32), f64, _array(np.int64)),
+            "first_outside": (u64, _array(np.float32), f64, f64, types.boolean, types.boolean, _array(np.int64)),
             "check_labels": (u64, _array(np.int32), i64, i64, types.boolean, _array(np.float64), types.boolean,
                              _array(np.int64), _array(np.float64)),
             "sum_to": (u64, _array(np.float32), _array(np.float32), types.UniTuple(u64, 3), types.UniTuple(u64, 3)),

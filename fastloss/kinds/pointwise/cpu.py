@@ -32,16 +32,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..._config import CHUNK
+from ..._flags import NEED_GRAD, NEED_STATS, PER_ELEMENT  # the driver's ``flags`` bits: one numbering for all
 from ..._kernels.tuples import gather, scatter, slices
 
 #: Elements per block of a chunk: the float64 row of a block's losses (4 KiB) stays in L1.
 #: Part of the numerical contract like ``CHUNK`` (a chunk's loss is the sum of its block sums).
 BLOCK = 512
-
-#: ``flags`` bits understood by the driver.
-NEED_GRAD = 1
-PER_ELEMENT = 2
-NEED_STATS = 4
 
 
 def _loss_kernel(*args):  # placeholders, rebound per loss by ``specialise``

@@ -9,12 +9,17 @@ order (:mod:`fastloss.device.kernels`), so the loss is deterministic and never s
 the host. Kernels are memoised per (loss kernel, compute type, block size); Numba specialises
 them per storage dtypes and loads them per device.
 
-Value checks. Discrete inputs are checked on the device (:func:`check_discrete`), and so are the
-lower bounds a declaration lists in its ``lower_bounds`` option (``{input name: low}``, e.g.
-``gaussian_nll``'s ``var >= 0``, which the CPU checks on the host in its ``adapt_inputs`` hook:
-such host checks never see device values). With ``config.CHECK_LABELS`` the first offending element
-is read back and raises ``ValueError`` (this waits for the GPU); without it, nothing waits and an
-element below its bound gets a NaN loss and NaN gradients, never a silently clamped value.
+Value checks (:mod:`fastloss.device.checks`: the host's rules and messages, one wait per call and
+only when something needs checking). Discrete inputs, declared target domains
+(:func:`fastloss._call.checked_domains`), negative weights, and the lower bounds a declaration lists
+in its ``lower_bounds`` option (``{input name: low}``, e.g. ``gaussian_nll``'s ``var >= 0``, which
+the CPU checks on the host in its ``adapt_inputs`` hook: such host checks never see device values).
+With ``config.CHECK_LABELS`` off nothing waits, and an element below its bound gets a NaN loss and
+NaN gradients, never a silently clamped value.
+
+``out=`` follows :func:`fastloss._call.check_outs`: it may be its own input (the kernel reads each
+element before writing its gradient) or overlap it (then the kernel writes a private buffer that
+is copied into ``out`` at the end), never another input, the weight or another ``out``.
 
 Inputs are read in their storage dtype and converted in registers: float16 and float32 to
 float32, everything else to float64. Inputs of the full shape that are C-contiguous are read in
@@ -30,18 +35,24 @@ import threading
 import numpy as np
 from numba import cuda, float32, float64
 
-from ... import _stats
+from ..._call import (
+    Result,
+    check_domain,
+    check_outs,
+    check_weight,
+    checked_domains,
+    grad_dtype,
+    mean_scale,
+    warn_column_broadcast,
+)
+from ..._flags import NEED_GRAD, PER_ELEMENT, SCALE_BY_WSUM
 from ..._spec import Discrete, LossSpec, Param
 from ..._validate import broadcast_shape, check_weight_shape, compute_dtype
 from ...device import arrays as device
-from ...device import config, kernels
-from ...device.arrays import U, ushape
-from ...device.kernels import SCALE_BY_WSUM
+from ...device import kernels
+from ...device.arrays import U, device_stats, reduced_value, ushape
+from ...device.checks import Checks
 from .. import base as _kinds
-
-#: ``flags`` bits of the fused kernel (SCALE_BY_WSUM = 1 comes from the shared kernels).
-NEED_GRAD = 2
-PER_ELEMENT = 4
 
 _F64 = np.dtype(np.float64)
 
@@ -110,6 +121,8 @@ class _Layout:
         # an adapt_inputs hook) do not see device values, these are checked on the device
         bounds = spec.options.get("lower_bounds", {})
         self.bounds = tuple((self.names.index(nm), float(low)) for nm, low in bounds.items())
+        #: declared domains of targets that every call checks (None: they depend on parameters)
+        self.domains = checked_domains(spec, {}) if spec.domains is None else None
 
 
 class CudaPointwise:
@@ -170,7 +183,7 @@ class CudaPointwise:
         sig = [u64]
         for _ in layout.names:
             sig += [arr(dtype), u64]
-        sig += [arr(real), u64, *(arr(_grad_dtype(np.empty(0, dtype))) for _ in layout.diff), arr(dtype)]
+        sig += [arr(real), u64, *(arr(grad_dtype(np.empty(0, dtype))) for _ in layout.diff), arr(dtype)]
         sig += [from_dtype(real)] * n_params + [f64, arr(np.float64), i64, arr(np.float64)]
         return {"pointwise": cuda.compile_ptx(fn, tuple(sig), cc=cc)[0]}
 
@@ -190,23 +203,37 @@ class CudaPointwise:
 
     def _run(self, pl, spec, layout, inputs, params, weight, reduction, need_value, need_grad, out, stats):
         name = spec.name
-        tk = pl.kernels()
         originals = [pl.first] + [pl.view(n, x) for n, x in zip(layout.names[1:], inputs[1:])]
         views = _adapt(spec, layout.adapt, originals) if layout.adapt is not None else originals
         shape = tuple(broadcast_shape(name, layout.names, views))
+        warn_column_broadcast(name, layout.names, originals, shape, stacklevel=6)
         real = compute_dtype(views[0])
-        if config.CHECK_LABELS:
-            for k, values in layout.discrete:
-                check_discrete(pl, name, layout.names[k], views[k], values)
-            for k, low in layout.bounds:
-                check_lower_bound(pl, name, layout.names[k], originals[k], low)
         n = math.prod(shape)
 
+        # -- shapes and buffers (host checks), then values (queued; one wait, when any) ----------
         wview = None
         if weight is not None:
             wview = pl.view("weight", weight)
             check_weight_shape(name, wview, shape)
-        outs = self._check_outs(spec, pl, layout, out, originals, wview) if need_grad else [None] * len(layout.diff)
+        outs = [None] * len(layout.diff)
+        if need_grad:
+            outs = check_outs(name, layout.names, layout.diff, out, originals, wview,
+                              check=device.out_checker(name, pl))
+        checks = Checks(pl, name)
+        for k, values in layout.discrete:
+            checks.discrete(layout.names[k], views[k], values)
+        for k, low in layout.bounds:
+            check_lower_bound(checks, layout.names[k], originals[k], low)
+        for k, dom in layout.domains if layout.domains is not None else checked_domains(spec, params):
+            if isinstance(inputs[k], device._SCALARS):  # a number: checked here, nothing to wait for
+                check_domain(name, layout.names[k], np.asarray(inputs[k]), dom)
+            else:
+                checks.domain(layout.names[k], originals[k], dom)
+        if isinstance(weight, device._SCALARS):
+            check_weight(name, weight)
+        else:
+            checks.weight(wview)
+        checks.raise_first()
 
         xs = [operand(pl, v, shape) for v in views]
         if wview is not None:
@@ -214,21 +241,19 @@ class CudaPointwise:
         else:
             w, bw = pl.scratch(0, real), 0
         flags = (NEED_GRAD if need_grad else 0) | (PER_ELEMENT if need_value and reduction == "none" else 0)
-        scale = 1.0
+        scale = mean_scale(reduction, float(n))
         wsum = pl.scratch(1, _F64)
-        if reduction == "mean":
-            if wview is None:
-                scale = 1.0 / n if n else math.inf
-            else:
-                sum_weights(pl, w, bw, n, wsum)
-                flags |= SCALE_BY_WSUM
+        if reduction == "mean" and wview is not None:
+            sum_weights(pl, w, bw, n, wsum)  # the weighted mean's denominator stays on the device
+            flags |= SCALE_BY_WSUM
 
         # gradient buffers: the caller's out= when the kernel can write it directly, else ours
         gbufs = []  # (native or None, flat view, written straight into out=) per differentiable input
         for j, k in enumerate(layout.diff):
-            gdtype = _grad_dtype(originals[k])
+            gdtype = grad_dtype(originals[k])
             o = outs[j]
-            if o is not None and tuple(o[1].shape) == shape and device.c_contiguous(o[1]) and views[k] is originals[k]:
+            if (o is not None and tuple(o[1].shape) == shape and device.c_contiguous(o[1])
+                    and views[k] is originals[k] and device.writes_through(o[1], originals[k])):
                 gbufs.append((None, device.flat(o[1]), True))
             elif need_grad:
                 native, view = pl.empty(shape, gdtype)
@@ -256,17 +281,7 @@ class CudaPointwise:
 
         value = None
         if need_value:
-            if reduction == "none":
-                value = loss_native
-            else:
-                native, vview = pl.empty((1,), out_dtype)
-                if n:
-                    fin_scale = scale if reduction == "mean" else 1.0
-                    fin_flags = flags & SCALE_BY_WSUM if reduction == "mean" else 0
-                    tk.finalize[1, threads, pl.stream](partials, vview, fin_scale, wsum, fin_flags)
-                else:
-                    tk.fill[1, 1, pl.stream](vview, math.nan if reduction == "mean" else 0.0)
-                value = pl.scalar(native, vview)
+            value = reduced_value(pl, reduction, loss_native, partials, n, out_dtype, scale, wsum, flags)
 
         grads = ()
         stat_rows = []
@@ -281,36 +296,7 @@ class CudaPointwise:
                 else:
                     grads.append(finish_grad(pl, native, g, shape, views[k], originals[k], outs[j]))
             grads = tuple(grads)
-        if stats:
-            rows = [pl.to_host(r) for r in stat_rows] or [_stats.empty_partials(0)]
-            return value, grads, _stats.combine(*rows)
-        return value, grads
-
-    @staticmethod
-    def _check_outs(spec, pl, layout, out, originals, wview):
-        diff = layout.diff
-        if out is None:
-            return [None] * len(diff)
-        names = [layout.names[k] for k in diff]
-        outs = list(out) if isinstance(out, tuple) else [out]
-        if len(outs) != len(diff):
-            raise ValueError(f"{spec.name}: out must hold {len(diff)} gradient buffer(s) ({', '.join(names)})")
-        checked = []
-        for j, (k, o) in enumerate(zip(diff, outs)):
-            if o is None:
-                checked.append(None)
-                continue
-            label = f"out[{j}]" if len(diff) > 1 else "out"
-            others = [(layout.names[i], v) for i, v in enumerate(originals) if i != k]
-            others += [("weight", wview)]
-            others += [(f"out[{jj}]", c[1]) for jj, c in enumerate(checked) if c is not None]
-            x = originals[k]
-            checked.append(device.check_out(spec.name, label, pl, o, x.shape, _grad_dtype(x), x, others))
-        return checked
-
-
-def _grad_dtype(x) -> np.dtype:
-    return x.dtype if x.dtype.kind == "f" else _F64
+        return Result(value, grads, device_stats(pl, stat_rows) if stats else None)
 
 
 def _adapt(spec: LossSpec, adapt, views):
@@ -344,64 +330,19 @@ def operand(pl, v, shape) -> tuple:
     return _gathered(pl, v, shape), 1
 
 
-def _gathered(pl, v, shape):
-    """A contiguous copy of ``v`` broadcast to ``shape``, by a gather kernel (no host copy)."""
-    n = math.prod(shape)
-    buf = pl.scratch(n, v.dtype)
-    if n:
-        off = len(shape) - v.ndim
-        keep = tuple(0 if d >= off and v.shape[d - off] == 1 else 1 for d in range(len(shape)))
-        blocks, threads = pl.grid(n)
-        pl.kernels().gather(v.ndim, len(shape))[blocks, threads, pl.stream](U(n), v, buf, ushape(shape), ushape(keep))
-    return buf
+#: The gather kernel's launcher (the rowreduce and similarity kinds import it from here).
+_gathered = device.gathered
 
 
-def check_discrete(pl, loss: str, name: str, v, values) -> None:
-    """Raise ``ValueError`` naming the first element of ``v`` not in ``values`` (as on the CPU).
+def check_lower_bound(checks: Checks, name: str, v, low: float) -> None:
+    """Queue: no element of ``v`` below ``low`` (NaN passes, as on the CPU), with the message of
+    the CPU's own ``adapt_inputs`` check."""
+    what = "negative entries" if low == 0.0 else f"entries below {low:g}"
 
-    The search runs on the device; reading its answer waits for the kernels queued before it.
-    """
-    n = int(v.size)
-    if n == 0:
-        return
-    tk = pl.kernels()
-    x = device.flat(v) if device.c_contiguous(v) else _gathered(pl, v, tuple(v.shape))
-    bad = pl.scratch(1, np.int64)
-    tk.fill[1, 1, pl.stream](bad, n)
-    blocks, threads = pl.grid(n)
-    tk.first_not_in[blocks, threads, pl.stream](U(n), x, tuple(float(a) for a in values), bad)
-    i = int(pl.to_host(bad)[0])
-    if i < n:
-        value = pl.to_host(x[i:i + 1])[0]
-        index = np.unravel_index(i, tuple(v.shape)) if v.ndim > 1 else (i,)
-        allowed = ", ".join(f"{a:g}" for a in values)
-        raise ValueError(
-            f"{loss}: {name} must take values in {{{allowed}}}; "
-            f"{name}[{', '.join(str(int(j)) for j in index)}] = {value.item()!r}"
-        )
+    def error(where: str, value) -> ValueError:
+        return ValueError(f"{checks.loss}: {name} has {what}; {name}{where or '[0]'} = {value.item()!r}")
 
-
-def check_lower_bound(pl, loss: str, name: str, v, low: float) -> None:
-    """Raise ``ValueError`` naming the first element of ``v`` below ``low`` (NaN passes, as on the CPU).
-
-    The search runs on the device; reading its answer waits for the kernels queued before it.
-    """
-    n = int(v.size)
-    if n == 0:
-        return
-    tk = pl.kernels()
-    x = device.flat(v) if device.c_contiguous(v) else _gathered(pl, v, tuple(v.shape))
-    bad = pl.scratch(1, np.int64)
-    tk.fill[1, 1, pl.stream](bad, n)
-    blocks, threads = pl.grid(n)
-    tk.first_below[blocks, threads, pl.stream](U(n), x, float(low), bad)
-    i = int(pl.to_host(bad)[0])
-    if i < n:
-        value = pl.to_host(x[i:i + 1])[0]
-        index = np.unravel_index(i, tuple(v.shape)) if v.ndim > 1 else (i,)
-        what = "negative entries" if low == 0.0 else f"entries below {low:g}"
-        raise ValueError(f"{loss}: {name} has {what}; {name}[{', '.join(str(int(j)) for j in index)}] = "
-                         f"{value.item()!r}")
+    checks.interval(name, v, low, math.inf, (True, True), error=error)
 
 
 def sum_weights(pl, w, bw, n, wsum) -> None:
@@ -438,7 +379,7 @@ def finish_grad(pl, native, g, shape, adapted, original, out):
         if into_out:
             dest = device.flat(out[1]) if out[1].ndim else device.with_shape(out[1], (1,))
         else:
-            native, dest = pl.empty((m,), _grad_dtype(original))
+            native, dest = pl.empty((m,), grad_dtype(original))
         if m:
             blocks, threads = pl.grid(m)
             pl.kernels().sum_to[blocks, threads, pl.stream](U(m), g, dest, ushape(shape), ushape(padded))

@@ -45,6 +45,7 @@ from numba.extending import overload
 
 from ..._compile import njit
 from ..._config import CHUNK
+from ..._flags import NEED_GRAD, NEED_STATS, PER_ROW  # the driver's ``flags`` bits: one numbering for all
 from ..._kernels.tuples import _build, chunk_stats, gather, slices
 
 #: Piece length of the row sums (part of the numerical contract, like ``CHUNK``).
@@ -52,11 +53,6 @@ SEGMENT = CHUNK
 
 #: Accumulators per sum in a piece (part of the numerical contract): element ``j`` goes to ``j % LANES``.
 LANES = 64
-
-#: ``flags`` bits understood by the driver.
-NEED_GRAD = 1
-PER_ROW = 2
-NEED_STATS = 4
 
 
 def _map(*args):  # placeholders, rebound per loss by ``specialise``

@@ -32,14 +32,19 @@ Every order of addition is fixed by the shape and ``config`` (``THREADS``, ``MAX
 shared ordered :func:`~fastloss.device.kernels.finalize`. The gradient store is the last read of
 its element by the same thread, so ``out=`` may be the input itself.
 
-Checks. Discrete inputs (pair targets) are checked on the device like pointwise ones. A declaration's
-``check_inputs`` is a host function; its device form is the option ``row_check(sums, *row_values,
-*params) -> bool`` (``True``: the row is valid). With ``config.CHECK_LABELS`` a check pass runs first
-(sums and ``row_check`` only, nothing written) and its first failing row is read back: then the
-inputs are copied to the host and ``check_inputs`` raises the CPU's own ``ValueError``. Without it
-nothing waits, and a failing row gets a NaN loss and NaN gradients. A declaration with
+Checks (:mod:`fastloss.device.checks`: queued on the device, read back with one wait per call, and
+only for calls that need checking). Discrete inputs (pair targets), declared domains (Dice's mask
+in [0, 1]) and negative weights, with the host's messages. A declaration's ``check_inputs`` is a
+host function; its device form is the option ``row_check(sums, *row_values, *params) -> bool``
+(``True``: the row is valid). With ``config.CHECK_LABELS`` a check pass runs first (sums and
+``row_check`` only, nothing written) and records its first failing row with the other checks: on
+failure the inputs are copied to the host and ``check_inputs`` raises the CPU's own ``ValueError``.
+Without it nothing waits, and a failing row gets a NaN loss and NaN gradients. A declaration with
 ``check_inputs`` but no ``row_check`` runs ``check_inputs`` on a host copy of the inputs (when
 ``CHECK_LABELS`` is on); one with only a ``row_check`` raises an error naming the failing row.
+
+``out=`` follows :func:`fastloss._call.check_outs`; one that overlaps its own input without being it
+is computed into a private buffer (other threads may still read the rows it would overwrite).
 
 :func:`launch` runs a :class:`RowReduce` on prepared device arrays; the similarity kind uses it
 for the normalisation of its embeddings and that normalisation's gradient.
@@ -54,21 +59,17 @@ from dataclasses import dataclass
 import numpy as np
 from numba import cuda, float32, float64, int64, uint64
 
-from ... import _stats
+from ..._call import Result, check_domain, check_outs, check_weight, checked_domains, grad_dtype, mean_scale
+from ..._flags import CHECK_ROWS, NEED_GRAD, PER_ROW, SCALE_BY_WSUM
 from ..._spec import LossSpec, Param
 from ..._validate import check_weight_shape, compute_dtype
 from ...device import arrays as device
 from ...device import config, kernels
-from ...device.arrays import U
-from ...device.kernels import SCALE_BY_WSUM
+from ...device.arrays import U, device_stats, reduced_value
+from ...device.checks import Checks
 from .. import base as _kinds
-from ..pointwise.cuda import _gathered, check_discrete, finish_grad, grad_stats, operand, sum_weights
+from ..pointwise.cuda import _gathered, finish_grad, grad_stats, operand, sum_weights
 from .host import ROWREDUCE, RowReduce
-
-#: ``flags`` bits of the kernels (SCALE_BY_WSUM = 1 comes from the shared kernels).
-NEED_GRAD = 2
-PER_ROW = 4
-CHECK_ROWS = 8
 
 #: Elements per thread the fused kernel aims at when it picks the threads per row.
 ROW_ITEMS = 4
@@ -528,7 +529,6 @@ class CudaRowReduce:
 
     def _run(self, pl, spec, L, inputs, params, weight, reduction, need_value, need_grad, out, stats):
         name = spec.name
-        tk = pl.kernels()
         views = [pl.first]
         for nm, x in zip(L.names[1:], inputs[1:]):
             v = pl.view(nm, x)
@@ -547,50 +547,63 @@ class CudaRowReduce:
         n = math.prod(lead)
         for k in L.per_row:
             ROWREDUCE._check_row_input(name, L.names[k], views[k], lead)
-        if config.CHECK_LABELS:
-            for k, values in L.discrete:
-                check_discrete(pl, name, L.names[k], views[k], values)
         x0 = views[first]
-        out_dtype = x0.dtype if x0.dtype.kind == "f" else _F64
+        out_dtype = grad_dtype(x0)
 
-        # rows: (n, d) C-contiguous views, copying only inputs that are not
-        xs = [self._rows(pl, views[k], shape, n, d) for k in L.aligned]
-        ys = [operand(pl, views[k], lead) for k in L.per_row]
+        # -- shapes and buffers (host checks) ------------------------------------------------------
         wview = None
-        flags = 0
-        scale = 1.0
-        wsum = pl.scratch(1, _F64)
         if weight is not None:
             wview = pl.view("weight", weight)
             if isinstance(weight, _SCALARS):
                 wview = device.with_shape(wview, ())
             check_weight_shape(name, wview, lead)
-            w, bw = operand(pl, wview, lead)
-        else:
-            w, bw = pl.scratch(0, _F64), 0
-        if reduction == "mean":
-            if wview is None:
-                scale = 1.0 / n if n else math.inf
-            else:
-                sum_weights(pl, w, bw, n, wsum)
-                flags |= SCALE_BY_WSUM
+        outs = [None] * len(L.diff)
+        if need_grad:
+            outs = check_outs(name, L.names, L.diff, out, views, wview, check=device.out_checker(name, pl))
 
-        outs = self._check_outs(spec, L, pl, out, views, wview) if need_grad else [None] * len(L.diff)
+        # rows: (n, d) C-contiguous views, copying only inputs that are not
+        xs = [self._rows(pl, views[k], shape, n, d) for k in L.aligned]
+        ys = [operand(pl, views[k], lead) for k in L.per_row]
         kernel = L.variant(params) if L.variant is not None else None
         kernel = spec.kernel if kernel is None else kernel
         kparams = tuple(float(p) for p in spec.kernel_params(params))
         check = spec.options.get("row_check")
-        bad = pl.scratch(1, np.int64) if check is not None else None
-        if config.CHECK_LABELS and n and (L.check_inputs is not None or check is not None):
-            self._check_rows(pl, spec, L, views, kernel, check, xs, ys, kparams, bad, lead)
+
+        # -- values, in the host's order (queued; one wait, when any) ------------------------------
+        checks = Checks(pl, name)
+        for k, values in L.discrete:
+            checks.discrete(L.names[k], views[k], values)
+        for k, dom in checked_domains(spec, params):
+            if isinstance(inputs[k], _SCALARS):  # a number: checked here, nothing to wait for
+                check_domain(name, L.names[k], np.asarray(inputs[k]), dom)
+            else:
+                checks.domain(L.names[k], views[k], dom)
+        if checks.on and n and (L.check_inputs is not None or check is not None):
+            self._check_rows(checks, spec, L, views, kernel, check, xs, ys, kparams, lead)
+        if isinstance(weight, _SCALARS):
+            check_weight(name, weight)
+        else:
+            checks.weight(wview)
+        checks.raise_first()
+
+        flags = 0
+        scale = mean_scale(reduction, float(n))
+        wsum = pl.scratch(1, _F64)
+        if wview is not None:
+            w, bw = operand(pl, wview, lead)
+            if reduction == "mean":
+                sum_weights(pl, w, bw, n, wsum)  # the weighted mean's denominator stays on the device
+                flags |= SCALE_BY_WSUM
+        else:
+            w, bw = pl.scratch(0, _F64), 0
 
         # gradient buffers: out= itself when the kernel can write it, else ours
         gbufs = []  # (native or None, (n, d) view, written straight into out=)
         for j, k in enumerate(L.diff):
             x = views[k]
-            gdtype = x.dtype if x.dtype.kind == "f" else _F64
+            gdtype = grad_dtype(x)
             o = outs[j]
-            if o is not None and device.c_contiguous(o[1]):
+            if o is not None and device.c_contiguous(o[1]) and device.writes_through(o[1], x):
                 gbufs.append((None, device.reshaped(o[1], (n, d)), True))
             elif need_grad:
                 native, view = pl.empty(shape, gdtype)
@@ -607,22 +620,13 @@ class CudaRowReduce:
         flags |= (NEED_GRAD if need_grad else 0) | (PER_ROW if per_row else 0) | (CHECK_ROWS if check else 0)
         partials = None
         if n:
+            bad = pl.scratch(1, np.int64) if check is not None else None  # failing rows: NaN, not read back
             partials = launch(pl, kernel, xs, ys, w, bw, [g for _, g, _ in gbufs], loss_rows, kparams, scale, wsum,
-                              flags, check=check, bad=bad if check is not None else None)
+                              flags, check=check, bad=bad)
 
         value = None
         if need_value:
-            if reduction == "none":
-                value = loss_native
-            else:
-                native, vview = pl.empty((1,), out_dtype)
-                if n:
-                    fin_flags = flags & SCALE_BY_WSUM if reduction == "mean" else 0
-                    fin_scale = scale if reduction == "mean" else 1.0
-                    tk.finalize[1, tk.threads, pl.stream](partials, vview, fin_scale, wsum, fin_flags)
-                else:
-                    tk.fill[1, 1, pl.stream](vview, math.nan if reduction == "mean" else 0.0)
-                value = pl.scalar(native, vview)
+            value = reduced_value(pl, reduction, loss_native, partials, n, out_dtype, scale, wsum, flags)
 
         grads = ()
         rows = []
@@ -638,10 +642,7 @@ class CudaRowReduce:
                 else:
                     grads.append(finish_grad(pl, native, flat, shape, views[k], views[k], outs[j]))
             grads = tuple(grads)
-        if stats:
-            host_rows = [pl.to_host(r) for r in rows] or [_stats.empty_partials(0)]
-            return value, grads, _stats.combine(*host_rows)
-        return value, grads
+        return Result(value, grads, device_stats(pl, rows) if stats else None)
 
     @staticmethod
     def _rows(pl, v, shape, n: int, d: int):
@@ -651,47 +652,24 @@ class CudaRowReduce:
         return device.reshaped(v, (n, d))
 
     @staticmethod
-    def _check_rows(pl, spec, L, views, kernel, check, xs, ys, kparams, bad, lead) -> None:
-        """The declaration's input check, before anything is written (see the module docstring)."""
-        n = math.prod(lead)
-        r = n
-        if check is not None:
-            tk = pl.kernels()
-            tk.fill[1, 1, pl.stream](bad, n)
-            d = int(xs[0].shape[1])
-            gs = [device.reshaped(pl.scratch(0, np.float64), (0, d)) for _ in L.diff]
-            launch(pl, kernel, xs, ys, pl.scratch(0, _F64), 0, gs, pl.scratch(0, _F64), kparams, 1.0,
-                   pl.scratch(1, _F64), CHECK_ROWS, check=check, bad=bad)
-            r = int(pl.to_host(bad)[0])
-            if r >= n:
-                return
-        if L.check_inputs is not None:  # the CPU's own error (a row failed, or there is no device check)
-            L.check_inputs(spec.name, {nm: pl.to_host(v) for nm, v in zip(L.names, views)})
-        if check is not None:
+    def _check_rows(checks, spec, L, views, kernel, check, xs, ys, kparams, lead) -> None:
+        """Queue the declaration's input check, before anything is written (see the module docstring)."""
+        pl = checks.pl
+
+        def report(r: int) -> None:
+            if L.check_inputs is not None:  # the CPU's own error, from host copies of the inputs
+                L.check_inputs(spec.name, {nm: pl.to_host(v) for nm, v in zip(L.names, views)})
             where = ", ".join(str(int(i)) for i in np.unravel_index(r, lead)) if lead else ""
             raise ValueError(f"{spec.name}: row [{where}] of the inputs is invalid (the declaration's row_check)")
 
-    @staticmethod
-    def _check_outs(spec, L, pl, out, views, wview):
-        if out is None:
-            return [None] * len(L.diff)
-        names = [L.names[k] for k in L.diff]
-        outs = list(out) if isinstance(out, tuple) else [out]
-        if len(outs) != len(L.diff):
-            raise ValueError(f"{spec.name}: out must hold {len(L.diff)} gradient buffer(s) ({', '.join(names)})")
-        checked = []
-        for j, (k, o) in enumerate(zip(L.diff, outs)):
-            if o is None:
-                checked.append(None)
-                continue
-            label = f"out[{j}]" if len(L.diff) > 1 else "out"
-            others = [(L.names[i], v) for i, v in enumerate(views) if i != k]
-            others += [("weight", wview)]
-            others += [(f"out[{jj}]", c[1]) for jj, c in enumerate(checked) if c is not None]
-            x = views[k]
-            gdtype = x.dtype if x.dtype.kind == "f" else _F64
-            checked.append(device.check_out(spec.name, label, pl, o, x.shape, gdtype, x, others))
-        return checked
+        if check is None:  # no device form: the host check on host copies (this waits)
+            L.check_inputs(spec.name, {nm: pl.to_host(v) for nm, v in zip(L.names, views)})
+            return
+        bad = checks.slot(report)
+        d = int(xs[0].shape[1])
+        gs = [device.reshaped(pl.scratch(0, np.float64), (0, d)) for _ in L.diff]
+        launch(pl, kernel, xs, ys, pl.scratch(0, _F64), 0, gs, pl.scratch(0, _F64), kparams, 1.0,
+               pl.scratch(1, _F64), CHECK_ROWS, check=check, bad=bad)
 
 
 ROWREDUCE_CUDA = _kinds.register_cuda_kind(CudaRowReduce())

@@ -11,8 +11,8 @@ back (apart from the cross entropy's label check, see below):
 3. The softmax cross entropy of the rows of ``S`` (and of ``S^T`` for the symmetric loss; a tiled
    transpose) is ``spec.kernel`` (:func:`fastloss.cross_entropy`) on the device: the CUDA rowwise
    kind, writing each row's gradient in place over the matrix. Its labels are ``0 .. N-1``, built on
-   the device; the rowwise kind still checks them (``config.CHECK_LABELS``), which reads one number
-   back per call, i.e. waits for the GPU.
+   the device, so they are not checked (:func:`fastloss.device.checks.trusted`): nothing waits. Only
+   a call with ``weight=`` waits once, for the check that no weight is negative.
 4. The per-pair losses, their weights and the reduction: one grid-stride kernel and the shared
    ordered :func:`~fastloss.device.kernels.finalize`.
 5. ``d loss / d S``: row ``i`` scaled by its pair's factor plus, symmetric, column ``i``'s gradient
@@ -42,16 +42,17 @@ from typing import NamedTuple
 import numpy as np
 from numba import cuda, float64, int64
 
-from ... import _stats
+from ..._call import Result, check_outs, check_weight, grad_dtype, mean_scale
+from ..._flags import NEED_GRAD, SCALE_BY_WSUM
 from ..._spec import LossSpec, Param
 from ..._validate import check_weight_shape, compute_dtype
 from ...device import arrays as device
 from ...device import config, kernels, matmul
-from ...device.arrays import U
-from ...device.kernels import SCALE_BY_WSUM
+from ...device.arrays import U, device_stats, reduced_value
+from ...device.checks import Checks, trusted
 from .. import base as _kinds
 from ..pointwise.cuda import finish_grad, grad_stats, operand, sum_weights
-from ..rowsum.cuda import NEED_GRAD, CudaRowReduce, launch
+from ..rowsum.cuda import CudaRowReduce, launch
 from ..rowsum.host import RowReduce
 from .host import NORM_EPS
 
@@ -329,7 +330,6 @@ class CudaSimilarity:
 
     def _run(self, pl, spec, names, inputs, params, weight, reduction, need_value, need_grad, out, stats):
         name = spec.name
-        tk = pl.kernels()
         z1 = pl.first
         z2 = pl.view(names[1], inputs[1], scalars=False)
         if z1.ndim != 2:
@@ -347,30 +347,40 @@ class CudaSimilarity:
         out_dtype = z1.dtype if z1.dtype.kind == "f" else _F64
 
         wview = None
-        wflag = 0
-        scale = 1.0
-        wsum = pl.scratch(1, _F64)
         if weight is not None:
             wview = pl.view("weight", weight)
             if isinstance(weight, _SCALARS):
                 wview = device.with_shape(wview, ())
             check_weight_shape(name, wview, (n,))
+        if need_grad and out is not None and not isinstance(out, tuple):
+            raise ValueError(f"{name}: out must hold 2 gradient buffers ({', '.join(names)})")
+        outs = [None, None]
+        if need_grad:
+            outs = check_outs(name, names, (0, 1), out, (z1, z2), wview, check=device.out_checker(name, pl))
+        if isinstance(weight, _SCALARS):
+            check_weight(name, weight)
+        else:
+            checks = Checks(pl, name)
+            checks.weight(wview)
+            checks.raise_first()  # waits only when there is a weight to check
+
+        wflag = 0
+        scale = mean_scale(reduction, float(n))
+        wsum = pl.scratch(1, _F64)
+        if wview is not None:
             w, bw = operand(pl, wview, (n,))
+            if reduction == "mean":
+                sum_weights(pl, w, bw, n, wsum)  # the weighted mean's denominator stays on the device
+                wflag = SCALE_BY_WSUM
         else:
             w, bw = pl.scratch(0, _F64), 0
-        if reduction == "mean":
-            if wview is None:
-                scale = 1.0 / n if n else math.inf
-            else:
-                sum_weights(pl, w, bw, n, wsum)
-                wflag = SCALE_BY_WSUM
-        outs = self._check_outs(spec, names, pl, out, (z1, z2), wview) if need_grad else [None, None]
 
-        # gradient buffers: out= when contiguous, else ours (copied into out= at the end)
+        # gradient buffers: out= when contiguous and not a shifted view of its own input (the
+        # normalisation's backward pass reads whole rows of z while it writes), else ours
         gbufs = []
         for z, o in zip((z1, z2), outs):
-            gdtype = z.dtype if z.dtype.kind == "f" else _F64
-            if o is not None and device.c_contiguous(o[1]):
+            gdtype = grad_dtype(z)
+            if o is not None and device.c_contiguous(o[1]) and device.writes_through(o[1], z):
                 gbufs.append((None, device.reshaped(o[1], shape), True))
             elif need_grad:
                 native, view = pl.empty(shape, gdtype)
@@ -390,17 +400,7 @@ class CudaSimilarity:
 
         value = None
         if need_value:
-            if reduction == "none":
-                value = per_native
-            else:
-                native, vview = pl.empty((1,), out_dtype)
-                if n:
-                    fin_flags = wflag if reduction == "mean" else 0
-                    fin_scale = scale if reduction == "mean" else 1.0
-                    tk.finalize[1, tk.threads, pl.stream](partials, vview, fin_scale, wsum, fin_flags)
-                else:
-                    tk.fill[1, 1, pl.stream](vview, math.nan if reduction == "mean" else 0.0)
-                value = pl.scalar(native, vview)
+            value = reduced_value(pl, reduction, per_native, partials, n, out_dtype, scale, wsum, wflag)
 
         grads = ()
         rows = []
@@ -416,10 +416,7 @@ class CudaSimilarity:
                 else:
                     grads.append(finish_grad(pl, native, flat, shape, z, z, outs[j]))
             grads = tuple(grads)
-        if stats:
-            host_rows = [pl.to_host(r) for r in rows] or [_stats.empty_partials(0)]
-            return value, grads, _stats.combine(*host_rows)
-        return value, grads
+        return Result(value, grads, device_stats(pl, rows) if stats else None)
 
     @staticmethod
     def _compute(pl, spec, shape, real, tau, symmetric, zs, w, bw, scale, wsum, wflag, need_grad, gbufs, pview,
@@ -449,12 +446,14 @@ class CudaSimilarity:
         mb.iota[vblocks, vthreads, pl.stream](U(n), labels)
         # 3. the rows' (and columns') softmax cross entropy, gradients in place over the matrices
         ce = spec.kernel
-        if need_grad:
-            lr = ce.value_and_grad(s_native, labels_native, reduction="none", out=s_native)[0]
-            lc = ce.value_and_grad(st_native, labels_native, reduction="none", out=st_native)[0] if symmetric else None
-        else:
-            lr = ce(s_native, labels_native, reduction="none")
-            lc = ce(st_native, labels_native, reduction="none") if symmetric else None
+        with trusted():  # our own labels 0 .. N-1: checking them would only wait for the device
+            if need_grad:
+                lr = ce.value_and_grad(s_native, labels_native, reduction="none", out=s_native)[0]
+                lc = (ce.value_and_grad(st_native, labels_native, reduction="none", out=st_native)[0]
+                      if symmetric else None)
+            else:
+                lr = ce(s_native, labels_native, reduction="none")
+                lc = ce(st_native, labels_native, reduction="none") if symmetric else None
         lr = pl.view("row losses", lr)
         lc = pl.view("column losses", lc) if symmetric else pl.scratch(0, lr.dtype)
         # 4. per-pair losses and the reduction's partial sums
@@ -473,23 +472,6 @@ class CudaSimilarity:
         for z, d, (_, g, _) in zip(zs, (du, dv), gbufs):
             launch(pl, BACKWARD, [z, d.view], [], nowt, 0, [device.reshaped(g, shape)], pl.scratch(0, _F64), (),
                    1.0, one, NEED_GRAD)
-
-    @staticmethod
-    def _check_outs(spec, names, pl, out, views, wview):
-        if out is None:
-            return [None, None]
-        if not isinstance(out, tuple) or len(out) != 2:
-            raise ValueError(f"{spec.name}: out must hold 2 gradient buffers ({', '.join(names)})")
-        checked = []
-        for j, (x, o) in enumerate(zip(views, out)):
-            if o is None:
-                checked.append(None)
-                continue
-            gdtype = x.dtype if x.dtype.kind == "f" else _F64
-            others = [(names[1 - j], views[1 - j]), ("weight", wview)]
-            others += [(f"out[{jj}]", c[1]) for jj, c in enumerate(checked) if c is not None]
-            checked.append(device.check_out(spec.name, f"out[{j}]", pl, o, x.shape, gdtype, x, others))
-        return checked
 
 
 SIMILARITY_CUDA = _kinds.register_cuda_kind(CudaSimilarity())

@@ -60,14 +60,9 @@ import numpy as np
 
 from ..._compile import njit
 from ..._config import FASTMATH, ROW_BLOCK, jit_options
+from ..._flags import NEED_AUX, NEED_GRAD, NEED_STATS, PER_ROW  # the driver's ``flags`` bits: one numbering for all
 from ..._kernels.tuples import chunk_stats
 from . import primitives as rowops
-
-#: ``flags`` bits understood by the driver.
-NEED_GRAD = 1
-PER_ROW = 2
-NEED_STATS = 4
-NEED_AUX = 8
 
 
 def _row_kernel(*args):  # placeholder, rebound per loss by ``specialise``

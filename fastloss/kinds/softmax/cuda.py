@@ -41,21 +41,17 @@ import types
 import numpy as np
 from numba import cuda, float32, float64, int64
 
-from ... import _stats
+from ..._call import Result, check_outs, checked_domains, grad_dtype, mean_scale
+from ..._flags import NEED_AUX, NEED_GRAD, PER_ROW, SCALE_BY_DENOM
 from ..._spec import LossSpec, Param
 from ..._validate import compute_dtype
 from ...device import arrays as device
 from ...device import config, kernels
-from ...device.arrays import U
+from ...device.arrays import U, device_stats
+from ...device.checks import Checks
 from .. import base as _kinds
 from . import primitives as rowops
 from .host import RowwiseKind
-
-#: ``flags`` bits of the driver (SCALE_BY_DENOM shares the bit of kernels.SCALE_BY_WSUM).
-SCALE_BY_DENOM = kernels.SCALE_BY_WSUM
-NEED_GRAD = 2
-PER_ROW = 4
-NEED_AUX = 8
 
 _F64 = np.dtype(np.float64)
 
@@ -781,10 +777,10 @@ class CudaRowwise:
         n = math.prod(lead)
         form = RowwiseKind._target_form(spec, logits, target, lead, axis)
         real = compute_dtype(logits)
-        gdtype = logits.dtype if logits.dtype.kind == "f" else _F64
+        gdtype = grad_dtype(logits)
         out_dtype = gdtype
 
-        # -- class weights, labels and the mean's denominator (checked before the row kernel) --
+        # -- class weights, out=, then the values (labels, probabilities, weights: one wait) -----
         wview = None
         if weight is not None:
             if not spec.options.get("class_weight", True):
@@ -793,6 +789,12 @@ class CudaRowwise:
             if tuple(wview.shape) != (nc,):
                 raise ValueError(f"{name}: weight must hold one weight per class, shape ({nc},); "
                                  f"got {tuple(wview.shape)}")
+        outs = None
+        if need_grad and out is not None:
+            outs = check_outs(name, (xname, tname), (0,), out, (logits, target), wview,
+                              check=device.out_checker(name, pl))[0]
+        checks = Checks(pl, name)
+        if wview is not None:
             w = _contiguous(pl, wview, np.float64)
         else:
             w = pl.scratch(0, np.float64)
@@ -808,13 +810,16 @@ class CudaRowwise:
         if form == "index":
             y = device.reshaped(_contiguous(pl, target, None), (n,))
             weighted_mean = wview is not None and spec.options.get("mean", "weight") == "weight"
-            self._check_labels(pl, name, tname, target, y, nc, ignore_index, use_ignore, w, weighted_mean, denom)
+            self._check_labels(checks, tname, target, y, nc, ignore_index, use_ignore, w, weighted_mean, denom)
             if reduction == "mean":
-                flags |= SCALE_BY_DENOM
+                flags |= SCALE_BY_DENOM  # the count of non-ignored labels stays on the device
         else:
+            for k, dom in checked_domains(spec, params):  # probabilities in their declared domain
+                checks.domain(spec.inputs[k].name, (logits, target)[k], dom)
             y = pl.scratch(0, np.int64)
-            if reduction == "mean":
-                scale = 1.0 / n if n else math.inf
+            scale = mean_scale(reduction, float(n))
+        checks.weight(wview)
+        checks.raise_first()
 
         # -- rows: (n, classes) C-contiguous views, copying only when the layout requires it -----
         xm = device.moveaxis(logits, axis, -1)
@@ -829,18 +834,20 @@ class CudaRowwise:
             t2 = device.reshaped(_contiguous(pl, device.moveaxis(target, axis, -1), None), (n, nc))
         else:
             t2 = _empty_rows(pl, logits.dtype, nc)
-        outs = None
         g_native = None
         if need_grad:
-            if out is not None:
-                outs = device.check_out(name, "out", pl, out, shape, gdtype, logits,
-                                        [(tname, target), ("weight", wview)])
+            om = None
+            if outs is not None:
                 om = device.moveaxis(outs[1], axis, -1)
                 if device.c_contiguous(om):
                     g2 = device.reshaped(om, (n, nc))  # straight into out= (in place when it is the logits)
+                    if not device.writes_through(g2, x2):  # a shifted view of the logits: read a copy
+                        copy = pl.empty(xm.shape, logits.dtype)
+                        _copy_into(pl, xm, copy[1])
+                        x2 = device.reshaped(copy[1], (n, nc))
                 else:
                     om = None
-            if out is None or om is None:
+            if om is None:
                 if private is not None and private[1].dtype == gdtype:
                     g_native, g2 = private[0], x2  # overwrite our own copy
                 else:
@@ -901,31 +908,32 @@ class CudaRowwise:
             else:
                 grad = pl.moveaxis(g_native, device.reshaped(g2, xm.shape), -1, axis)
             grads = (grad,)
-        if stats:
-            host_rows = [pl.to_host(r) for r in rows] or [_stats.empty_partials(0)]
-            return value, grads, _stats.combine(*host_rows)
-        return value, grads
+        return Result(value, grads, device_stats(pl, rows) if stats else None)
 
     @staticmethod
-    def _check_labels(pl, name, tname, target, y, nc, ignore_index, use_ignore, w, weighted_mean, denom):
-        """Validate labels on the device and reduce the mean's denominator into ``denom[0]``."""
+    def _check_labels(checks, tname, target, y, nc, ignore_index, use_ignore, w, weighted_mean, denom):
+        """Queue the label check (read back with the call's other checks) and reduce the mean's
+        denominator into ``denom[0]`` (on the device, checked or not)."""
+        pl = checks.pl
         tk = pl.kernels()
         n = int(y.size)
         blocks, threads = pl.grid(n)
         partials = pl.scratch(blocks, np.float64)
-        bad = pl.scratch(1, np.int64)
-        tk.fill[1, 1, pl.stream](bad, n)
-        tk.check_labels[blocks, threads, pl.stream](U(n), y, nc, ignore_index, use_ignore, w, weighted_mean,
-                                                    bad, partials)
-        tk.finalize[1, threads, pl.stream](partials, denom, 1.0, denom, 0)
-        if not config.CHECK_LABELS or n == 0:
-            return
-        i = int(pl.to_host(bad)[0])
-        if i < n:
+
+        def report(i: int) -> None:
             value = int(pl.to_host(y[i:i + 1])[0])
             where = ", ".join(map(str, np.unravel_index(i, tuple(target.shape)))) if target.ndim else ""
             also = f" or ignore_index={ignore_index}" if use_ignore else ""
-            raise ValueError(f"{name}: {tname}[{where}] = {value} is not a class index in [0, {nc}){also}")
+            raise ValueError(f"{checks.loss}: {tname}[{where}] = {value} is not a class index in [0, {nc}){also}")
+
+        if checks.on and n:
+            bad = checks.slot(report)
+        else:  # unchecked: the row kernel still never indexes with an invalid label (NaN rows)
+            bad = pl.scratch(1, np.int64)
+            tk.fill[1, 1, pl.stream](bad, n)
+        tk.check_labels[blocks, threads, pl.stream](U(n), y, nc, ignore_index, use_ignore, w, weighted_mean,
+                                                    bad, partials)
+        tk.finalize[1, threads, pl.stream](partials, denom, 1.0, denom, 0)
 
 
 def _empty_rows(pl, dtype, nc: int):
