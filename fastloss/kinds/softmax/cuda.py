@@ -130,6 +130,12 @@ def _b_gather(x, y):
     return out
 
 
+def _b_shifted(v, m):
+    out = cuda.local.array(1, float64)
+    out[0] = v[0] - m[0]
+    return out
+
+
 def _b_add_at(g, y, b):
     cuda.syncthreads()
     if g.size > 0 and cuda.threadIdx.x == 0:
@@ -147,8 +153,8 @@ def _device_forms() -> dict[str, dict[str, object]]:
     (Python functions; each build binds them to its own globals)."""
     namespace = {**globals(), **ELEMENT_NAMES}
     forms: dict[str, dict[str, object]] = {
-        "block": {"gather": _b_gather, "add_at": _b_add_at},
-        "thread": {"gather": _b_gather, "add_at": _s_add_at},
+        "block": {"gather": _b_gather, "shifted": _b_shifted, "add_at": _b_add_at},
+        "thread": {"gather": _b_gather, "shifted": _b_shifted, "add_at": _s_add_at},
     }
     for name, entry in rowops.TABLE.items():
         for mode in forms:
@@ -406,11 +412,11 @@ def _softmax_pass(prims):
     (On the CPU that primitive mostly saves the pass that finds the maximum, a memory-bound one; a
     block reads its row from device memory in either case, so the device keeps the exact maximum.)
     """
-    row_max, gather, exp_sum = prims.row_max, prims.gather, prims.exp_sum
+    row_max, gather, shifted, exp_sum = prims.row_max, prims.gather, prims.shifted, prims.exp_sum
 
     def softmax_pass(x, y, e):
         m = row_max(x)
-        xy = gather(x, y)  # before exp_sum writes e, which may be x
+        xy = shifted(gather(x, y), m)  # before exp_sum writes e, which may be x
         return xy, m, exp_sum(x, m, e)
 
     return cuda.jit(device=True, inline="always")(softmax_pass)

@@ -54,7 +54,7 @@ from numba.extending import overload
 
 from ..._compile import njit
 from ..._config import FASTMATH
-from ..._kernels.mathfn import exp, log, tanh  # noqa: F401  (log: the generated xlogx)
+from ..._kernels.mathfn import exp, log, tanh
 
 #: Exponential loops run over a multiple of this many elements, so that LLVM's vector loop covers
 #: them completely (with a plain loop, the scalar remainder of every 1000-class row costs as much
@@ -177,6 +177,29 @@ def _add(a, b):
     return a + b
 
 
+@_exact
+def _sub(a, b):
+    # a - b rounded once, as written: a kernel compiled with reassociation may otherwise fold a
+    # difference of two large logits into a sum at their magnitude (x_y - (m + log s) loses every
+    # digit of a loss near 1 once |m| is near 1e16)
+    return a - b
+
+
+@_prim
+def _keeps_shift(s, dy):
+    """Whether a row shifted by an estimate ``m`` of its maximum (sum ``s`` of ``exp(x - m)``, target
+    ``dy = x_y - m`` above the shift) keeps the accuracy of the exact maximum.
+
+    The shift is exact for ``lse = m + log s`` in any case; what it can cost is the loss
+    ``log s - dy``: with the target above the shift both terms carry the shift's excess, and their
+    difference loses the digits of ``log s`` that the excess occupies (a confident row with its
+    target 30 above the shift: ~4e-15 absolute in float64, ~1e-7 with float32 terms, on a loss of
+    1e-10). Kept while that costs at most one bit (``dy <= log(s) / 2``, so the loss is at least half
+    of ``log s``) and the sum is in range (``SHIFT_SUM_LIMIT``; NaN fails).
+    """
+    return s < SHIFT_SUM_LIMIT and (dy <= 0.0 or 2.0 * dy <= log(s))
+
+
 # -- single-row loops ---------------------------------------------------------------------------
 
 
@@ -244,41 +267,46 @@ def _exp_sum1(x, m, e, pad):
 
 
 @_prim
-def _shift_exp_sum1(x, e, pad):
-    """``(m, sum_j exp(x_j - m))`` of a row of at least ``VECTOR_CHUNK`` elements, in one pass when it can.
+def _shift_exp_sum1(x, xy, e, pad):
+    """``(m, sum_j exp(x_j - m))`` of a row of at least ``VECTOR_CHUNK`` elements (target logit
+    ``xy``), in one pass when it can.
 
     ``m`` is the maximum of the first ``VECTOR_CHUNK`` elements: a valid shift for a stable
-    log-sum-exp as long as no element exceeds it by much, which the sum tells (it reaches
-    ``SHIFT_SUM_LIMIT``; NaN and infinities fail too). Otherwise the row takes its exact maximum and
-    a second pass. ``e`` (storing the terms, unless empty) must not be ``x``: the second pass
-    re-reads ``x``; see :func:`_in_place_shift` for that case.
+    log-sum-exp as long as no element exceeds it by much and the target does not lie far above it,
+    which the sum tells (:func:`_keeps_shift`; NaN and infinities fail too). Otherwise the row takes
+    its exact maximum and a second pass. ``e`` (storing the terms, unless empty) must not be ``x``:
+    the second pass re-reads ``x``; see :func:`_in_place_shift` for that case.
     """
     m = _max1(x[:VECTOR_CHUNK])
     if abs(m) < np.inf:
         s = _exp_sum1(x, m, e, pad)
-        if s < SHIFT_SUM_LIMIT:
+        if _keeps_shift(s, _sub(xy, m)):
             return m, s
     m = _max1(x)
     return m, _exp_sum1(x, m, e, pad)
 
 
 @_prim
-def _in_place_shift(x, mx, pad):
-    """The shift :func:`_shift_exp_sum1` takes for row ``x`` (maximum ``mx``), found without writing it.
+def _in_place_shift(x, mx, xy, pad):
+    """The shift :func:`_shift_exp_sum1` takes for row ``x`` (maximum ``mx``, target logit ``xy``),
+    found without writing it.
 
     So that a gradient written over its logits has the same bits as one written elsewhere. The
-    maximum settles almost every row: a spread under ``63 - log(n) - 1`` keeps the sum below the limit,
-    one over 64 puts a term at e^64 or more; only rows in between take a sum-only pass.
+    maximum settles almost every row: a spread under ``63 - log(n) - 1`` keeps the sum below the
+    limit (and with the target at or below the shift, nothing else matters), one over 64 puts a term
+    at e^64 or more; only the rows in between and those with the target above the shift take a
+    sum-only pass, which decides as :func:`_keeps_shift` does.
     """
     m = _max1(x[:VECTOR_CHUNK])
     if not abs(m) < np.inf:
         return mx
     d = mx - m
-    if d <= 62.0 - np.log(x.size):
+    dy = _sub(xy, m)
+    if d <= 62.0 - np.log(x.size) and dy <= 0.0:
         return m
     if d > 64.0 or d != d:
         return mx
-    return m if _exp_sum1(x, m, pad[:0], pad) < SHIFT_SUM_LIMIT else mx  # (pad: a writable type, as e must be)
+    return m if _keeps_shift(_exp_sum1(x, m, pad[:0], pad), dy) else mx  # (pad: a writable type, as e must be)
 
 
 
@@ -461,8 +489,26 @@ def gather(x, y):
 
 
 @_prim
+def _shifted_gather(x, y, m):
+    out = np.empty(x.shape[0])
+    for r in range(x.shape[0]):
+        out[r] = _sub(np.float64(x[r, y[r]]), m[r])
+    return out
+
+
+@_prim
+def shifted(v, m):
+    """``v_r - m_r`` per row, rounded once: a kernel's difference of two large per-row values (a
+    target logit and the shift) that its compiler must not reassociate (see :func:`softmax_pass`)."""
+    out = np.empty(v.size)
+    for r in range(v.size):
+        out[r] = _sub(v[r], m[r])
+    return out
+
+
+@_prim
 def softmax_pass(x, y, e):
-    """``(x[r, y_r], m_r, s_r)`` per row, ``s_r = sum_j exp(x_rj - m_r)``; ``e <- exp(x - m)`` unless empty.
+    """``(x[r, y_r] - m_r, m_r, s_r)`` per row, ``s_r = sum_j exp(x_rj - m_r)``; ``e <- exp(x - m)`` unless empty.
 
     The pass of a softmax over class-index rows, in one read of each row where possible: ``m_r`` is
     a *shift*, not always the row maximum (``max_j x_rj - 64 < m_r <= max_j x_rj``), which is all a
@@ -473,11 +519,16 @@ def softmax_pass(x, y, e):
     rows long enough for the split twins (which find the exact maximum in parallel pieces), take
     the exact maximum: a row's result never depends on the thread count. Target logits are read
     after each row's maximum or pass, while the row is in cache, and before it is overwritten.
+
+    The target logit comes back shifted, ``x_y - m`` rounded once (exact for the logits of one row
+    within a factor 2 of each other): then a kernel's ``log p_y = (x_y - m) - log s`` never passes
+    through ``lse`` at the logits' magnitude, whatever its compiler reassociates, and four equal
+    logits of 1e30 give ``log 4``.
     """
     nr, nc = x.shape
     if nc < VECTOR_CHUNK or nc >= 2 * SEGMENT:
         m = row_max(x)
-        xy = gather(x, y)  # after the maximum, which brought the block into cache; before e is written
+        xy = _shifted_gather(x, y, m)  # after the maximum, which brought the block into cache; before e is written
         return xy, m, exp_sum(x, m, e)
     xy = np.empty(nr)
     m = np.empty(nr)
@@ -486,14 +537,17 @@ def softmax_pass(x, y, e):
     if _same(x, e):
         for r in range(nr):
             xr = x[r]
-            mr = _in_place_shift(xr, _max1(xr), pad)
-            xy[r] = xr[y[r]]
+            xr_y = np.float64(xr[y[r]])
+            mr = _in_place_shift(xr, _max1(xr), xr_y, pad)
+            xy[r] = _sub(xr_y, mr)
             m[r] = mr
             s[r] = _exp_sum1(xr, mr, e[r], pad)  # e[r], not xr: x may be typed read-only (it is e here)
         return xy, m, s
     for r in range(nr):
-        m[r], s[r] = _shift_exp_sum1(x[r], e[r] if e.size else _no_row(e), pad)
-        xy[r] = x[r, y[r]]
+        xr_y = np.float64(x[r, y[r]])
+        mr, s[r] = _shift_exp_sum1(x[r], xr_y, e[r] if e.size else _no_row(e), pad)
+        m[r] = mr
+        xy[r] = _sub(xr_y, mr)
     return xy, m, s
 
 
@@ -780,7 +834,7 @@ _generate()
 def _softmax_pass_split(x, y, e):
     # rows this long take the exact passes in the serial primitive too: the same bits
     m = _row_max_split(x)  # noqa: F821  (generated)
-    xy = gather(x, y)
+    xy = _shifted_gather(x, y, m)
     return xy, m, _exp_sum_split(x, m, e)  # noqa: F821
 
 
@@ -789,6 +843,7 @@ PRIMITIVES = {name: (globals()[name], globals()[f"_{name}_split"]) for name in T
 PRIMITIVES.update({
     "softmax_pass": (softmax_pass, _softmax_pass_split),
     "gather": (gather, gather),
+    "shifted": (shifted, shifted),
     "add_at": (add_at, add_at),
 })
 
