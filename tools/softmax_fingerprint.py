@@ -61,14 +61,18 @@ def main():
         config.THREADS, config.MAX_BLOCKS, config.ROW_THREADS = 8, 4, 8  # as tests/test_cuda.py
         simulator.configure()
     total = hashlib.sha256()
-    for name, opts, form, inplace in CASES:
+    skip = int(next((a.split("=")[1] for a in sys.argv if a.startswith("--skip=")), 0))  # resume after a case
+    for name, opts, form, inplace in CASES[skip:]:
         loss = getattr(fl, name)
         for dtype in (np.float32, np.float64):
             for shape in SHAPES:
-                x, t = inputs(shape, dtype, form, int.from_bytes(hashlib.sha256(f"{name}{shape}".encode()).digest()[:4], "little"))
+                seed = int.from_bytes(hashlib.sha256(f"{name}{shape}".encode()).digest()[:4], "little")
+                x, t = inputs(shape, dtype, form, seed)
                 kw = dict(opts)
                 if kw.pop("weight", False):
                     kw["weight"] = np.linspace(0.5, 2.0, shape[1])
+                    if CUDA:
+                        kw["weight"] = cuda.to_device(kw["weight"])
                 h = hashlib.sha256()
                 for red in ("none", "sum"):
                     xi = x.copy()
