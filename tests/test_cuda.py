@@ -786,3 +786,27 @@ def test_float16_discrete_targets_on_the_device():
     close(g, want[1])
     with pytest.raises(ValueError, match="must take values in"):
         fl.hinge(dev(p), dev(np.array([1.0, 0.5, 1.0, 1.0], np.float16)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_cross_entropy_large_logits_keep_their_accuracy(dtype, eps):
+    """Issue #20 item 2 on the device: rows far from zero give the loss of their differences."""
+    from test_large_logits import _check
+
+    rows = [np.array([0.0, 1.0, -1.0, 2.0]) + 1e8, np.full(4, 1e30), np.full(4, -1e30)]
+    if dtype == np.float64:
+        rows += [np.array([0.0, 1.0, -1.0, 2.0]) + c for c in (1e10, 1e15)]
+    rng = np.random.default_rng(3)
+    x = np.stack(rows).astype(dtype)
+    y = np.zeros(len(rows), dtype=np.int64)
+    value, grad = fl.cross_entropy.value_and_grad(dev(x), dev(y), label_smoothing=eps, reduction="none")
+    _check(x, y, eps, host(value), host(grad))
+    # a longer row with its target far above the rest (a loss of ~1e-10)
+    x = rng.standard_normal((2, 40))
+    x[:, 30] += 25.0
+    x[1] += 1e6
+    x = x.astype(dtype)
+    y = np.array([30, 30])
+    value, grad = fl.cross_entropy.value_and_grad(dev(x), dev(y), label_smoothing=eps, reduction="none")
+    _check(x, y, eps, host(value), host(grad))

@@ -94,7 +94,7 @@ def _log_p_target(x, y, w, g):
     logp = np.empty(nr)
     for r in range(nr):
         # <= 0 in exact arithmetic; rounding of the sum must not make 1 - p_y negative
-        logp[r] = min((xy[r] - m[r]) - log(s[r]), 0.0)
+        logp[r] = min(xy[r] - log(s[r]), 0.0)  # xy: x_y - m (see R.softmax_pass)
     wy = np.ones(nr)
     if w.size:  # a loop of its own: a conditional load would keep the loops above scalar
         for r in range(nr):
@@ -195,6 +195,7 @@ def _smoothed_cross_entropy(x, y, t, w, g, scale, loss, eps, z_loss, cap):
         xg = R.gather(x, y)
         for r in range(nr):
             xy[r], dy[r] = _softcapped(xg[r], cap)
+        xy = R.shifted(xy, m)  # c_y - m, kept apart from the sums below (see R.shifted)
     else:
         stx = R.cap_dot(x, t, w, m, cap) if capped else R.dot(x, t, w, m)  # sum_j w_j t_j (c_j - m)
         swt = R.dot(t, none, w, zero)  # sum_j w_j t_j
@@ -210,7 +211,7 @@ def _smoothed_cross_entropy(x, y, t, w, g, scale, loss, eps, z_loss, cap):
         if y.size:
             wy = w[y[r]] if w.size else 1.0
             a = (1.0 - eps) * wy + eps * wtot / nc
-            ce = (1.0 - eps) * wy * (ls - (xy[r] - m[r])) + eps / nc * (wtot * ls - sx[r])
+            ce = (1.0 - eps) * wy * (ls - xy[r]) + eps / nc * (wtot * ls - sx[r])
             b[r] = -scale * (1.0 - eps) * wy * dy[r]
         else:
             wy = 1.0  # probability targets: the mean is over samples, the z-loss unweighted

@@ -34,6 +34,7 @@ from __future__ import annotations
 import ast
 import inspect
 import math
+import re
 import textwrap
 import threading
 import types
@@ -59,34 +60,64 @@ THREADS = 0  # placeholders of the primitive templates, bound per build
 REAL = float64
 
 
-# -- block-cooperative primitives (one row per block) -------------------------------------------
+# -- device primitives, generated from the row primitives' table ----------------------------------
+#
+# ``rowops.TABLE`` holds each primitive's element (what it does with class ``j`` of a row) and how the
+# elements combine; the two device forms are built from it here:
+#
+# ``_b_<name>`` (block mode)
+#     The threads of a block share the row: thread ``t`` takes classes ``t, t + THREADS, ...``,
+#     reductions end in :func:`~fastloss.device.kernels.block_sum` / ``block_max`` (fixed tree order),
+#     and a primitive that writes synchronises the block before (its output may be the logits, which
+#     the other threads may still be reading) and, for maps, after.
+# ``_s_<name>`` (thread mode)
+#     One thread runs the whole row.
+#
+# The driver hands the kernel a one-row block, so an element's ``x[j]`` becomes ``x[0, j]`` and a
+# per-row vector's entry is ``m[0]``. ``f64``, ``exp``, ``log`` and ``tanh`` of the element notation
+# are ``float64`` and :mod:`math`'s here; ``REAL`` is the build's exponential type (float32 for
+# float16/float32 logits).
 
 
-def _b_row_max(x):
-    t = cuda.threadIdx.x
-    m = -math.inf
-    for j in range(t, x.shape[1], THREADS):
-        m = max(m, float64(x[0, j]))
-    out = cuda.local.array(1, float64)
-    out[0] = block_max(m)  # noqa: F821  (bound per build)
-    return out
+def device_source(name: str, entry, mode: str) -> str:
+    """The source of the device form ``_b_<name>`` (``mode="block"``) or ``_s_<name>`` of a
+    ``rowops.TABLE`` entry."""
+    block = mode == "block"
+    roles = rowops.roles(entry)
+    element = entry.element
+    params = []
+    pre = []
+    for a, role in roles:
+        if role in ("rows", "rows?", "out", "out?"):
+            element = re.sub(rf"\b{a}\[j\]", f"{a}[0, j]", element)
+        if role.endswith("?"):
+            pre.append(f"has_{a} = {a}.size > 0")
+        if role == "each":
+            params.append(f"{a}_")
+            pre.append(f"{a} = {a}_[0]")
+        else:
+            params.append(a)
+    first = roles[0][0]
+    span = f"cuda.threadIdx.x, {first}.shape[1], THREADS" if block else f"{first}.shape[1]"
+    loop = f"for j in range({span}):\n" + textwrap.indent(element, "    ")
+    if entry.combine == "map":
+        body = [f"if {first}.size > 0:", textwrap.indent("\n".join([*pre, loop]), "    ")]
+        if block:  # the output may be the logits: every thread has read what it needs first
+            body = ["cuda.syncthreads()", *body, "cuda.syncthreads()"]
+    else:
+        outs = [a for a, role in roles if role == "out?"]
+        sync = [f"if has_{a}:  # {a} may be x: every thread has read what it needs (gather) first\n"
+                "    cuda.syncthreads()" for a in outs] if block else []
+        init, step, fold = (("0.0", "s += v", "block_sum") if entry.combine == "sum"
+                            else ("-math.inf", "s = max(s, v)", "block_max"))
+        body = [*pre, *sync, f"s = {init}", loop + f"\n    {step}", "out = cuda.local.array(1, float64)",
+                f"out[0] = {fold}(s)" if block else "out[0] = s", "return out"]
+    prefix = "_b_" if block else "_s_"
+    return f"def {prefix}{name}({', '.join(params)}):\n" + textwrap.indent("\n".join(body), "    ") + "\n"
 
 
-def _b_exp_sum(x, m, e):
-    t = cuda.threadIdx.x
-    write = e.size > 0
-    if write:
-        cuda.syncthreads()  # e may be x: every thread has read what it needs (gather) first
-    mr = REAL(m[0])
-    s = 0.0
-    for j in range(t, x.shape[1], THREADS):
-        v = math.exp(REAL(x[0, j]) - mr)
-        if write:
-            e[0, j] = v
-        s += v
-    out = cuda.local.array(1, float64)
-    out[0] = block_sum(s)  # noqa: F821
-    return out
+#: What the element notation's names are on the device.
+ELEMENT_NAMES = {"f64": float64, "exp": math.exp, "log": math.log, "tanh": math.tanh}
 
 
 def _b_gather(x, y):
@@ -95,68 +126,10 @@ def _b_gather(x, y):
     return out
 
 
-def _b_dot(x, t, w, m):
-    tid = cuda.threadIdx.x
-    mr = m[0]
-    has_t = t.size > 0
-    has_w = w.size > 0
-    s = 0.0
-    for j in range(tid, x.shape[1], THREADS):
-        v = float64(x[0, j]) - mr
-        if has_t:
-            v *= float64(t[0, j])
-        if has_w:
-            v *= w[j]
-        s += v
+def _b_shifted(v, m):
     out = cuda.local.array(1, float64)
-    out[0] = block_sum(s)  # noqa: F821
+    out[0] = v[0] - m[0]
     return out
-
-
-def _b_row_sum(t):
-    tid = cuda.threadIdx.x
-    s = 0.0
-    for j in range(tid, t.shape[1], THREADS):
-        s += float64(t[0, j])
-    out = cuda.local.array(1, float64)
-    out[0] = block_sum(s)  # noqa: F821
-    return out
-
-
-def _b_xlogx(t):
-    tid = cuda.threadIdx.x
-    s = 0.0
-    for j in range(tid, t.shape[1], THREADS):
-        v = float64(t[0, j])
-        s += v * math.log(v) if v != 0.0 else 0.0
-    out = cuda.local.array(1, float64)
-    out[0] = block_sum(s)  # noqa: F821
-    return out
-
-
-def _b_scale_rows(g, c):
-    cuda.syncthreads()
-    if g.size > 0:
-        cr = c[0]
-        for j in range(cuda.threadIdx.x, g.shape[1], THREADS):
-            g[0, j] = g[0, j] * cr
-    cuda.syncthreads()
-
-
-def _b_scale_add(g, c, a, t, b, w):
-    cuda.syncthreads()
-    if g.size > 0:
-        cr = c[0]
-        has_t = t.size > 0
-        has_w = w.size > 0
-        for j in range(cuda.threadIdx.x, g.shape[1], THREADS):
-            u = b
-            if has_t:
-                u += a * float64(t[0, j])
-            if has_w:
-                u *= w[j]
-            g[0, j] = cr * g[0, j] + u
-    cuda.syncthreads()
 
 
 def _b_add_at(g, y, b):
@@ -166,195 +139,27 @@ def _b_add_at(g, y, b):
     cuda.syncthreads()
 
 
-def _b_cap_exp_sum(x, m, cap):
-    t = cuda.threadIdx.x
-    mr = m[0]
-    s = 0.0
-    for j in range(t, x.shape[1], THREADS):
-        s += math.exp(cap * math.tanh(float64(x[0, j]) / cap) - mr)
-    out = cuda.local.array(1, float64)
-    out[0] = block_sum(s)  # noqa: F821
-    return out
-
-
-def _b_cap_dot(x, t, w, m, cap):
-    tid = cuda.threadIdx.x
-    mr = m[0]
-    has_t = t.size > 0
-    has_w = w.size > 0
-    s = 0.0
-    for j in range(tid, x.shape[1], THREADS):
-        v = cap * math.tanh(float64(x[0, j]) / cap) - mr
-        if has_t:
-            v *= float64(t[0, j])
-        if has_w:
-            v *= w[j]
-        s += v
-    out = cuda.local.array(1, float64)
-    out[0] = block_sum(s)  # noqa: F821
-    return out
-
-
-def _b_cap_scale_add(g, x, m, c, a, t, b, w, cap):
-    cuda.syncthreads()  # g may be x: every thread has read what it needs first
-    if g.size > 0:
-        cr = c[0]
-        mr = m[0]
-        has_t = t.size > 0
-        has_w = w.size > 0
-        for j in range(cuda.threadIdx.x, g.shape[1], THREADS):
-            th = math.tanh(float64(x[0, j]) / cap)
-            u = b
-            if has_t:
-                u += a * float64(t[0, j])
-            if has_w:
-                u *= w[j]
-            g[0, j] = (cr * math.exp(cap * th - mr) + u) * (1.0 - th * th)
-    cuda.syncthreads()
-
-
-# -- serial primitives (thread mode: one thread per row) -----------------------------------------
-
-
-def _s_row_max(x):
-    m = -math.inf
-    for j in range(x.shape[1]):
-        m = max(m, float64(x[0, j]))
-    out = cuda.local.array(1, float64)
-    out[0] = m
-    return out
-
-
-def _s_exp_sum(x, m, e):
-    write = e.size > 0
-    mr = REAL(m[0])
-    s = 0.0
-    for j in range(x.shape[1]):
-        v = math.exp(REAL(x[0, j]) - mr)
-        if write:
-            e[0, j] = v
-        s += v
-    out = cuda.local.array(1, float64)
-    out[0] = s
-    return out
-
-
-def _s_dot(x, t, w, m):
-    mr = m[0]
-    has_t = t.size > 0
-    has_w = w.size > 0
-    s = 0.0
-    for j in range(x.shape[1]):
-        v = float64(x[0, j]) - mr
-        if has_t:
-            v *= float64(t[0, j])
-        if has_w:
-            v *= w[j]
-        s += v
-    out = cuda.local.array(1, float64)
-    out[0] = s
-    return out
-
-
-def _s_row_sum(t):
-    s = 0.0
-    for j in range(t.shape[1]):
-        s += float64(t[0, j])
-    out = cuda.local.array(1, float64)
-    out[0] = s
-    return out
-
-
-def _s_xlogx(t):
-    s = 0.0
-    for j in range(t.shape[1]):
-        v = float64(t[0, j])
-        s += v * math.log(v) if v != 0.0 else 0.0
-    out = cuda.local.array(1, float64)
-    out[0] = s
-    return out
-
-
-def _s_scale_rows(g, c):
-    if g.size > 0:
-        cr = c[0]
-        for j in range(g.shape[1]):
-            g[0, j] = g[0, j] * cr
-
-
-def _s_scale_add(g, c, a, t, b, w):
-    if g.size > 0:
-        cr = c[0]
-        has_t = t.size > 0
-        has_w = w.size > 0
-        for j in range(g.shape[1]):
-            u = b
-            if has_t:
-                u += a * float64(t[0, j])
-            if has_w:
-                u *= w[j]
-            g[0, j] = cr * g[0, j] + u
-
-
 def _s_add_at(g, y, b):
     if g.size > 0:
         g[0, y[0]] += b[0]
 
 
-def _s_cap_exp_sum(x, m, cap):
-    mr = m[0]
-    s = 0.0
-    for j in range(x.shape[1]):
-        s += math.exp(cap * math.tanh(float64(x[0, j]) / cap) - mr)
-    out = cuda.local.array(1, float64)
-    out[0] = s
-    return out
-
-
-def _s_cap_dot(x, t, w, m, cap):
-    mr = m[0]
-    has_t = t.size > 0
-    has_w = w.size > 0
-    s = 0.0
-    for j in range(x.shape[1]):
-        v = cap * math.tanh(float64(x[0, j]) / cap) - mr
-        if has_t:
-            v *= float64(t[0, j])
-        if has_w:
-            v *= w[j]
-        s += v
-    out = cuda.local.array(1, float64)
-    out[0] = s
-    return out
-
-
-def _s_cap_scale_add(g, x, m, c, a, t, b, w, cap):
-    if g.size > 0:
-        cr = c[0]
-        mr = m[0]
-        has_t = t.size > 0
-        has_w = w.size > 0
-        for j in range(g.shape[1]):
-            th = math.tanh(float64(x[0, j]) / cap)
-            u = b
-            if has_t:
-                u += a * float64(t[0, j])
-            if has_w:
-                u *= w[j]
-            g[0, j] = (cr * math.exp(cap * th - mr) + u) * (1.0 - th * th)
+def _device_forms() -> dict[str, dict[str, object]]:
+    """The device primitives of each mode, by the name of the :mod:`rowops` primitive they replace
+    (Python functions; each build binds them to its own globals)."""
+    namespace = {**globals(), **ELEMENT_NAMES}
+    forms: dict[str, dict[str, object]] = {
+        "block": {"gather": _b_gather, "shifted": _b_shifted, "add_at": _b_add_at},
+        "thread": {"gather": _b_gather, "shifted": _b_shifted, "add_at": _s_add_at},
+    }
+    for name, entry in rowops.TABLE.items():
+        for mode in forms:
+            forms[mode][name] = rowops.define(device_source(name, entry, mode), namespace, __file__)
+    return forms
 
 
 #: The device primitives of each mode, by the name of the :mod:`rowops` primitive they replace.
-PRIMITIVES = {
-    "block": {"row_max": _b_row_max, "exp_sum": _b_exp_sum, "gather": _b_gather, "dot": _b_dot,
-              "row_sum": _b_row_sum, "xlogx": _b_xlogx, "scale_rows": _b_scale_rows,
-              "scale_add": _b_scale_add, "add_at": _b_add_at, "cap_exp_sum": _b_cap_exp_sum,
-              "cap_dot": _b_cap_dot, "cap_scale_add": _b_cap_scale_add},
-    "thread": {"row_max": _s_row_max, "exp_sum": _s_exp_sum, "gather": _b_gather, "dot": _s_dot,
-               "row_sum": _s_row_sum, "xlogx": _s_xlogx, "scale_rows": _s_scale_rows,
-               "scale_add": _s_scale_add, "add_at": _s_add_at, "cap_exp_sum": _s_cap_exp_sum,
-               "cap_dot": _s_cap_dot, "cap_scale_add": _s_cap_scale_add},
-}
+PRIMITIVES = _device_forms()
 
 
 # -- the numpy stand-in ------------------------------------------------------------------------------
@@ -603,11 +408,11 @@ def _softmax_pass(prims):
     (On the CPU that primitive mostly saves the pass that finds the maximum, a memory-bound one; a
     block reads its row from device memory in either case, so the device keeps the exact maximum.)
     """
-    row_max, gather, exp_sum = prims.row_max, prims.gather, prims.exp_sum
+    row_max, gather, shifted, exp_sum = prims.row_max, prims.gather, prims.shifted, prims.exp_sum
 
     def softmax_pass(x, y, e):
         m = row_max(x)
-        xy = gather(x, y)  # before exp_sum writes e, which may be x
+        xy = shifted(gather(x, y), m)  # before exp_sum writes e, which may be x
         return xy, m, exp_sum(x, m, e)
 
     return cuda.jit(device=True, inline="always")(softmax_pass)
@@ -628,7 +433,8 @@ class _Build:
     def __init__(self, mode: str, real: str, threads: int, fresh: bool = False) -> None:
         self.mode = mode
         self.tk = kernels.Toolkit(threads) if fresh else kernels.toolkit(threads)
-        glb = {**self.tk.globals, "REAL": float32 if real == "float32" else float64, "THREADS": threads}
+        glb = {**self.tk.globals, **ELEMENT_NAMES, "REAL": float32 if real == "float32" else float64,
+               "THREADS": threads}
         self.globals = glb
         prims = types.ModuleType(f"fastloss.kinds.softmax.cuda.{mode}")
         for name, fn in PRIMITIVES[mode].items():

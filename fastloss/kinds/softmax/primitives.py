@@ -23,6 +23,18 @@ Why primitives rather than loops in every kernel:
   in piece order, so the same kernel uses every core inside a row and stays deterministic.
   A device driver can bind block-cooperative versions the same way.
 
+Each primitive over the class axis is declared once, in :data:`TABLE`: what it does with one
+element of a row and how the elements' results combine. Its forms are generated from that entry
+(with ``exec`` under this file's name, so tracebacks and the cache tags of
+:func:`fastloss._compile.specialise` see a real module; the source is kept in :data:`GENERATED`):
+the serial piece over a slice of a row, the block form over the rows of a block, the split twin,
+and on CUDA (:mod:`fastloss.kinds.softmax.cuda`) the block-cooperative and one-thread forms. Full
+generation of the CPU piece was impractical for six of the ten: their loops are specialised for
+LLVM's vectoriser (per given input, per aliasing, padded tails, interleaved maxima) and their
+operation order is frozen by bit-identity, so they stay hand-written next to their entry, and
+``row_max`` and ``exp_sum`` keep hand-written block forms for short rows: at most three forms per
+primitive where there were five (see the comment above :data:`TABLE`).
+
 Conventions: an empty ``t`` or ``w`` (``size == 0``) reads as all ones; ``g`` may be ``x`` itself,
 so a kernel reads everything it needs from ``x`` before its first primitive that writes ``g``;
 reductions return float64 vectors with one entry per row.
@@ -30,10 +42,13 @@ reductions return float64 vectors with one entry per row.
 
 from __future__ import annotations
 
+import ast
+import textwrap
 import types
+from typing import NamedTuple
 
 import numpy as np
-from numba import prange
+from numba import prange  # noqa: F401  (used by the generated split twins)
 from numba.core import types as nbtypes
 from numba.extending import overload
 
@@ -162,6 +177,29 @@ def _add(a, b):
     return a + b
 
 
+@_exact
+def _sub(a, b):
+    # a - b rounded once, as written: a kernel compiled with reassociation may otherwise fold a
+    # difference of two large logits into a sum at their magnitude (x_y - (m + log s) loses every
+    # digit of a loss near 1 once |m| is near 1e16)
+    return a - b
+
+
+@_prim
+def _keeps_shift(s, dy):
+    """Whether a row shifted by an estimate ``m`` of its maximum (sum ``s`` of ``exp(x - m)``, target
+    ``dy = x_y - m`` above the shift) keeps the accuracy of the exact maximum.
+
+    The shift is exact for ``lse = m + log s`` in any case; what it can cost is the loss
+    ``log s - dy``: with the target above the shift both terms carry the shift's excess, and their
+    difference loses the digits of ``log s`` that the excess occupies (a confident row with its
+    target 30 above the shift: ~4e-15 absolute in float64, ~1e-7 with float32 terms, on a loss of
+    1e-10). Kept while that costs at most one bit (``dy <= log(s) / 2``, so the loss is at least half
+    of ``log s``) and the sum is in range (``SHIFT_SUM_LIMIT``; NaN fails).
+    """
+    return s < SHIFT_SUM_LIMIT and (dy <= 0.0 or 2.0 * dy <= log(s))
+
+
 # -- single-row loops ---------------------------------------------------------------------------
 
 
@@ -229,49 +267,47 @@ def _exp_sum1(x, m, e, pad):
 
 
 @_prim
-def _shift_exp_sum1(x, e, pad):
-    """``(m, sum_j exp(x_j - m))`` of a row of at least ``VECTOR_CHUNK`` elements, in one pass when it can.
+def _shift_exp_sum1(x, xy, e, pad):
+    """``(m, sum_j exp(x_j - m))`` of a row of at least ``VECTOR_CHUNK`` elements (target logit
+    ``xy``), in one pass when it can.
 
     ``m`` is the maximum of the first ``VECTOR_CHUNK`` elements: a valid shift for a stable
-    log-sum-exp as long as no element exceeds it by much, which the sum tells (it reaches
-    ``SHIFT_SUM_LIMIT``; NaN and infinities fail too). Otherwise the row takes its exact maximum and
-    a second pass. ``e`` (storing the terms, unless empty) must not be ``x``: the second pass
-    re-reads ``x``; see :func:`_in_place_shift` for that case.
+    log-sum-exp as long as no element exceeds it by much and the target does not lie far above it,
+    which the sum tells (:func:`_keeps_shift`; NaN and infinities fail too). Otherwise the row takes
+    its exact maximum and a second pass. ``e`` (storing the terms, unless empty) must not be ``x``:
+    the second pass re-reads ``x``; see :func:`_in_place_shift` for that case.
     """
     m = _max1(x[:VECTOR_CHUNK])
     if abs(m) < np.inf:
         s = _exp_sum1(x, m, e, pad)
-        if s < SHIFT_SUM_LIMIT:
+        if _keeps_shift(s, _sub(xy, m)):
             return m, s
     m = _max1(x)
     return m, _exp_sum1(x, m, e, pad)
 
 
 @_prim
-def _in_place_shift(x, mx, pad):
-    """The shift :func:`_shift_exp_sum1` takes for row ``x`` (maximum ``mx``), found without writing it.
+def _in_place_shift(x, mx, xy, pad):
+    """The shift :func:`_shift_exp_sum1` takes for row ``x`` (maximum ``mx``, target logit ``xy``),
+    found without writing it.
 
     So that a gradient written over its logits has the same bits as one written elsewhere. The
-    maximum settles almost every row: a spread under ``63 - log(n) - 1`` keeps the sum below the limit,
-    one over 64 puts a term at e^64 or more; only rows in between take a sum-only pass.
+    maximum settles almost every row: a spread under ``63 - log(n) - 1`` keeps the sum below the
+    limit (and with the target at or below the shift, nothing else matters), one over 64 puts a term
+    at e^64 or more; only the rows in between and those with the target above the shift take a
+    sum-only pass, which decides as :func:`_keeps_shift` does.
     """
     m = _max1(x[:VECTOR_CHUNK])
     if not abs(m) < np.inf:
         return mx
     d = mx - m
-    if d <= 62.0 - np.log(x.size):
+    dy = _sub(xy, m)
+    if d <= 62.0 - np.log(x.size) and dy <= 0.0:
         return m
     if d > 64.0 or d != d:
         return mx
-    return m if _exp_sum1(x, m, pad[:0], pad) < SHIFT_SUM_LIMIT else mx  # (pad: a writable type, as e must be)
+    return m if _keeps_shift(_exp_sum1(x, m, pad[:0], pad), dy) else mx  # (pad: a writable type, as e must be)
 
-
-@_prim
-def _sum1(e):
-    s = 0.0
-    for j in range(e.size):
-        s += np.float64(e[j])
-    return s
 
 
 @_prim
@@ -292,14 +328,6 @@ def _dot1(x, t, w, m):
             s += np.float64(x[j]) - m
     return s
 
-
-@_prim
-def _xlogx1(t):
-    s = 0.0
-    for j in range(t.size):
-        v = np.float64(t[j])
-        s += v * log(v) if v != 0.0 else 0.0
-    return s
 
 
 @_prim
@@ -339,28 +367,6 @@ def _scale_add1(g, c, a, t, b, w):
 # loops cap each element as they read it, in float64.
 
 
-@_prim
-def _cap_exp_sum1(x, m, cap):
-    s = 0.0
-    for j in range(x.size):
-        s += exp(cap * tanh(np.float64(x[j]) / cap) - m)
-    return s
-
-
-@_prim
-def _cap_dot1(x, t, w, m, cap):
-    # sum_j t_j w_j (c_j - m); empty t or w read as ones
-    s = 0.0
-    has_t = t.size > 0
-    has_w = w.size > 0
-    for j in range(x.size):
-        v = cap * tanh(np.float64(x[j]) / cap) - m
-        if has_t:
-            v *= np.float64(t[j])
-        if has_w:
-            v *= w[j]
-        s += v
-    return s
 
 
 @_prim
@@ -469,7 +475,7 @@ def exp_sum(x, m, e):
             br[j] = shift(xr[j], mr)
     _exp_flat(buf.reshape(-1))
     for r in range(nr):
-        s[r] = _sum1(buf[r])
+        s[r] = _row_sum1(buf[r])  # noqa: F821  (generated from TABLE below)
     return s
 
 
@@ -483,8 +489,26 @@ def gather(x, y):
 
 
 @_prim
+def _shifted_gather(x, y, m):
+    out = np.empty(x.shape[0])
+    for r in range(x.shape[0]):
+        out[r] = _sub(np.float64(x[r, y[r]]), m[r])
+    return out
+
+
+@_prim
+def shifted(v, m):
+    """``v_r - m_r`` per row, rounded once: a kernel's difference of two large per-row values (a
+    target logit and the shift) that its compiler must not reassociate (see :func:`softmax_pass`)."""
+    out = np.empty(v.size)
+    for r in range(v.size):
+        out[r] = _sub(v[r], m[r])
+    return out
+
+
+@_prim
 def softmax_pass(x, y, e):
-    """``(x[r, y_r], m_r, s_r)`` per row, ``s_r = sum_j exp(x_rj - m_r)``; ``e <- exp(x - m)`` unless empty.
+    """``(x[r, y_r] - m_r, m_r, s_r)`` per row, ``s_r = sum_j exp(x_rj - m_r)``; ``e <- exp(x - m)`` unless empty.
 
     The pass of a softmax over class-index rows, in one read of each row where possible: ``m_r`` is
     a *shift*, not always the row maximum (``max_j x_rj - 64 < m_r <= max_j x_rj``), which is all a
@@ -495,11 +519,16 @@ def softmax_pass(x, y, e):
     rows long enough for the split twins (which find the exact maximum in parallel pieces), take
     the exact maximum: a row's result never depends on the thread count. Target logits are read
     after each row's maximum or pass, while the row is in cache, and before it is overwritten.
+
+    The target logit comes back shifted, ``x_y - m`` rounded once (exact for the logits of one row
+    within a factor 2 of each other): then a kernel's ``log p_y = (x_y - m) - log s`` never passes
+    through ``lse`` at the logits' magnitude, whatever its compiler reassociates, and four equal
+    logits of 1e30 give ``log 4``.
     """
     nr, nc = x.shape
     if nc < VECTOR_CHUNK or nc >= 2 * SEGMENT:
         m = row_max(x)
-        xy = gather(x, y)  # after the maximum, which brought the block into cache; before e is written
+        xy = _shifted_gather(x, y, m)  # after the maximum, which brought the block into cache; before e is written
         return xy, m, exp_sum(x, m, e)
     xy = np.empty(nr)
     m = np.empty(nr)
@@ -508,71 +537,23 @@ def softmax_pass(x, y, e):
     if _same(x, e):
         for r in range(nr):
             xr = x[r]
-            mr = _in_place_shift(xr, _max1(xr), pad)
-            xy[r] = xr[y[r]]
+            xr_y = np.float64(xr[y[r]])
+            mr = _in_place_shift(xr, _max1(xr), xr_y, pad)
+            xy[r] = _sub(xr_y, mr)
             m[r] = mr
             s[r] = _exp_sum1(xr, mr, e[r], pad)  # e[r], not xr: x may be typed read-only (it is e here)
         return xy, m, s
     for r in range(nr):
-        m[r], s[r] = _shift_exp_sum1(x[r], e[r] if e.size else _no_row(e), pad)
-        xy[r] = x[r, y[r]]
+        xr_y = np.float64(x[r, y[r]])
+        mr, s[r] = _shift_exp_sum1(x[r], xr_y, e[r] if e.size else _no_row(e), pad)
+        m[r] = mr
+        xy[r] = _sub(xr_y, mr)
     return xy, m, s
 
 
-@_prim
-def dot(x, t, w, m):
-    """``sum_j t_rj w_j (x_rj - m_r)`` per row (empty ``t`` or ``w``: ones)."""
-    nr, nc = x.shape
-    out = np.empty(nr)
-    for r in range(nr):
-        xr = x[r]
-        tr = t[r] if t.size else _no_row(t)
-        s = 0.0
-        for lo in range(0, nc, SEGMENT):
-            hi = min(lo + SEGMENT, nc)
-            s = _add(s, _dot1(xr[lo:hi], tr[lo:hi] if t.size else tr, w[lo:hi] if w.size else w, m[r]))
-        out[r] = s
-    return out
 
 
-@_prim
-def row_sum(t):
-    """``sum_j t_rj`` per row."""
-    nr, nc = t.shape
-    out = np.empty(nr)
-    for r in range(nr):
-        s = 0.0
-        for lo in range(0, nc, SEGMENT):
-            s = _add(s, _sum1(t[r, lo:min(lo + SEGMENT, nc)]))
-        out[r] = s
-    return out
 
-
-@_prim
-def xlogx(t):
-    """``sum_j t_rj log t_rj`` per row, with ``0 log 0 = 0`` (negative entries give NaN)."""
-    nr, nc = t.shape
-    out = np.empty(nr)
-    for r in range(nr):
-        s = 0.0
-        for lo in range(0, nc, SEGMENT):
-            s = _add(s, _xlogx1(t[r, lo:min(lo + SEGMENT, nc)]))
-        out[r] = s
-    return out
-
-
-@_prim
-def scale_rows(g, c):
-    """``g_rj <- c_r g_rj``."""
-    for r in range(g.shape[0]):
-        _scale1(g[r], c[r])
-
-
-@_prim
-def scale_add(g, c, a, t, b, w):
-    """``g_rj <- c_r g_rj + (a t_rj + b) w_j`` (empty ``t``: the ``a`` term vanishes; empty ``w``: ones)."""
-    for r in range(g.shape[0]):
-        _scale_add1(g[r], c[r], a, t[r] if t.size else _no_row(t), b, w)
 
 
 @_prim
@@ -582,46 +563,248 @@ def add_at(g, y, b):
         g[r, y[r]] += b[r]
 
 
-@_prim
-def cap_exp_sum(x, m, cap):
-    """``s_r = sum_j exp(c_rj - m_r)`` with ``c = cap tanh(x / cap)`` (``m``: the capped row maximum).
 
-    Reads ``x`` only: soft-capped kernels never hold the capped logits (see :func:`cap_scale_add`).
+
+
+
+
+# -- the table: each primitive over the class axis, written once -----------------------------------
+#
+# An entry says what a primitive computes for one element ``j`` of a row (``element``, in a
+# notation both targets compile: ``f64``, ``exp``, ``log`` and ``tanh`` are bound per target), how
+# the elements' results combine (``"sum"``: float64 running sum; ``"max"``; ``"map"``: the element
+# stores into its row and nothing is returned) and the role of each argument:
+#
+# ``rows``      a (rows, classes) block read element by element (``x[j]``: its element in the row)
+# ``rows?``     the same, or an empty block meaning "not given" (``has_<name>`` tells which)
+# ``out``       a (rows, classes) block the element stores into (``map``: the first argument)
+# ``out?``      the same, or empty: nothing stored
+# ``classes?``  a per-class float64 vector (``w[j]``), or empty
+# ``each``      a per-row float64 vector: the element sees the row's entry as a scalar
+# ``scalar``    a float the element sees as is
+# ``+pad``      (CPU only) scratch of VECTOR_CHUNK elements of the row's dtype, for the piece
+#
+# From an entry the module builds, by source generation (``_generate``):
+#
+# * the serial piece ``_<name>1(...)`` over a 1-D slice of a row, unless the entry names a
+#   hand-written one (``piece``). Those exist where the CPU needs more than a loop over the element:
+#   loops specialised per given input and per aliasing (LLVM's runtime alias check and in-loop
+#   branches send a loop to scalar code), padded vector tails, eight interleaved maxima, a guard
+#   against float32 subnormal factors. Their operation order is part of the numerical contract
+#   (results are bit-identical to the kernels they replaced), which is also why ``dot``'s piece
+#   multiplies its factors in another order than its element (``t w (x - m)`` vs ``((x - m) t) w``):
+#   the device has always taken the element's order, the CPU the piece's.
+# * the block form ``<name>(...)`` over every row of a block, unless the entry says ``block=False``
+#   (``row_max`` and ``exp_sum`` have hand-written ones with a strategy for short rows):
+#   reductions add up the pieces of a row (``SEGMENT`` elements each) in piece order, maps run the
+#   piece over whole rows;
+# * the split twin ``_<name>_split(...)``: one ``prange`` over every (row, piece), the pieces'
+#   results then combined in piece order, so a row's bits do not depend on the split;
+# * on CUDA (:mod:`fastloss.kinds.softmax.cuda`), the block-cooperative ``_b_<name>`` and the
+#   one-thread ``_s_<name>`` from the element (``x[j]`` becomes ``x[0, j]`` of a one-row block).
+#
+# So each primitive is written at most three times where there used to be five forms: its element
+# (always), a CPU piece (where vectorisation needs one) and a CPU block form (row_max, exp_sum).
+
+
+class Primitive(NamedTuple):
+    """One row primitive over the class axis (see the comment above :data:`TABLE`)."""
+
+    args: str
+    combine: str
+    element: str
+    doc: str
+    piece: str | None = None
+    block: bool = True
+
+
+_OPTIONAL_T = """
+if has_t:
+    v *= f64(t[j])
+if has_w:
+    v *= w[j]"""
+
+_OPTIONAL_U = """
+u = b
+if has_t:
+    u += a * f64(t[j])
+if has_w:
+    u *= w[j]"""
+
+#: The row primitives over the class axis, by the name kernels call them by (``R.<name>``).
+TABLE = {
+    "row_max": Primitive(
+        "x:rows", "max", "v = f64(x[j])",
+        "Maximum of each row (float64); kernels use it only as the shift of a stable log-sum-exp.",
+        piece="_max1", block=False),
+    "exp_sum": Primitive(
+        "x:rows m:each e:out? +pad", "sum",
+        "v = exp(REAL(x[j]) - REAL(m))\nif has_e:\n    e[j] = v",
+        "``s_r = sum_j exp(x_rj - m_r)``; also stores ``e_rj = exp(x_rj - m_r)`` when ``e`` is not empty.",
+        piece="_exp_sum1", block=False),
+    "dot": Primitive(
+        "x:rows t:rows? w:classes? m:each", "sum", "v = f64(x[j]) - m" + _OPTIONAL_T,
+        "``sum_j t_rj w_j (x_rj - m_r)`` per row (empty ``t`` or ``w``: ones).",
+        piece="_dot1"),
+    "row_sum": Primitive(
+        "t:rows", "sum", "v = f64(t[j])",
+        "``sum_j t_rj`` per row."),
+    "xlogx": Primitive(
+        "t:rows", "sum", "u = f64(t[j])\nv = u * log(u) if u != 0.0 else 0.0",
+        "``sum_j t_rj log t_rj`` per row, with ``0 log 0 = 0`` (negative entries give NaN)."),
+    "scale_rows": Primitive(
+        "g:out c:each", "map", "g[j] = g[j] * c",
+        "``g_rj <- c_r g_rj``.",
+        piece="_scale1"),
+    "scale_add": Primitive(
+        "g:out c:each a:scalar t:rows? b:scalar w:classes?", "map", _OPTIONAL_U[1:] + "\ng[j] = c * g[j] + u",
+        "``g_rj <- c_r g_rj + (a t_rj + b) w_j`` (empty ``t``: the ``a`` term vanishes; empty ``w``: ones).",
+        piece="_scale_add1"),
+    # soft-capped logits: c = cap tanh(x / cap), computed on the fly. A kernel with logit soft-capping
+    # never stores the capped logits (that would be a logits-sized buffer when only the loss is wanted,
+    # and the gradient needs tanh' of every logit anyway): these cap each element as they read it.
+    "cap_exp_sum": Primitive(
+        "x:rows m:each cap:scalar", "sum", "v = exp(cap * tanh(f64(x[j]) / cap) - m)",
+        "``s_r = sum_j exp(c_rj - m_r)`` with ``c = cap tanh(x / cap)`` (``m``: the capped row maximum).\n\n"
+        "    Reads ``x`` only: soft-capped kernels never hold the capped logits (see :func:`cap_scale_add`)."),
+    "cap_dot": Primitive(
+        "x:rows t:rows? w:classes? m:each cap:scalar", "sum", "v = cap * tanh(f64(x[j]) / cap) - m" + _OPTIONAL_T,
+        "``sum_j t_rj w_j (c_rj - m_r)`` per row with ``c = cap tanh(x / cap)`` (empty ``t`` or ``w``: ones)."),
+    "cap_scale_add": Primitive(
+        "g:out x:rows m:each c:each a:scalar t:rows? b:scalar w:classes? cap:scalar", "map",
+        "th = tanh(f64(x[j]) / cap)\n" + _OPTIONAL_U[1:] + "\ng[j] = (c * exp(cap * th - m) + u) * (1.0 - th * th)",
+        "``g_rj <- (c_r exp(c_rj - m_r) + (a t_rj + b) w_j) (1 - tanh^2(x_rj / cap))``, ``c = cap tanh(x / cap)``.\n\n"
+        "    The soft-capped counterpart of ``exp_sum`` + ``scale_add``: the gradient with respect to the\n"
+        "    capped logits times the derivative of the cap, element by element (``g`` may be ``x``).",
+        piece="_cap_scale_add1"),
+}
+
+
+def roles(entry: Primitive) -> list[tuple[str, str]]:
+    """``(name, role)`` of the entry's arguments, in order (``+pad`` excluded)."""
+    return [tuple(a.split(":")) for a in entry.args.split() if not a.startswith("+")]
+
+
+def _indent(text: str, n: int) -> str:
+    return textwrap.indent(text, " " * n)
+
+
+def piece_source(name: str, entry: Primitive) -> str:
+    """The serial piece ``_<name>1`` over 1-D slices of rows, from the entry's element."""
+    args = roles(entry)
+    pre = [f"has_{a} = {a}.size > 0" for a, role in args if role.endswith("?")]
+    first = args[0][0]
+    loop = f"for j in range({first}.size):\n" + _indent(entry.element, 4)
+    if entry.combine == "sum":
+        body = ["s = 0.0", loop + "\n    s += v", "return s"]
+    elif entry.combine == "max":
+        body = ["s = -np.inf", loop + "\n    s = max(s, v)", "return s"]
+    else:
+        body = [loop]
+    sig = ", ".join(a for a, _ in args)
+    return f"def _{name}1({sig}):\n" + _indent("\n".join(pre + body), 4) + "\n"
+
+
+def _piece_args(entry: Primitive, row: str, span: str | None) -> str:
+    """The piece call's arguments for row ``row`` and class range ``span`` (``None``: the whole row)."""
+    out = []
+    for a, role in roles(entry):
+        if role in ("rows", "out"):
+            out.append(f"{a}[{row}, {span}]" if span else f"{a}[{row}]")
+        elif role in ("rows?", "out?"):
+            out.append(f"{a}[{row}, {span}] if {a}.size else _no_row({a})" if span
+                       else f"{a}[{row}] if {a}.size else _no_row({a})")
+        elif role == "classes?":
+            out.append(f"{a}[{span}] if {a}.size else {a}" if span else a)
+        elif role == "each":
+            out.append(f"{a}[{row}]")
+        else:
+            out.append(a)
+    if "+pad" in entry.args:
+        out.append("pad")
+    return ", ".join(out)
+
+
+def block_source(name: str, entry: Primitive) -> str:
+    """The block form ``<name>`` over every row of a block."""
+    args = roles(entry)
+    sig = ", ".join(a for a, _ in args)
+    first = args[0][0]
+    piece = entry.piece or f"_{name}1"
+    if entry.combine == "map":
+        body = f"for r in range({first}.shape[0]):\n    {piece}({_piece_args(entry, 'r', None)})"
+    else:
+        body = (f"nr, nc = {first}.shape\n"
+                "out = np.empty(nr)\n"
+                "for r in range(nr):\n"
+                "    s = 0.0\n"
+                "    for lo in range(0, nc, SEGMENT):\n"
+                "        hi = min(lo + SEGMENT, nc)\n"
+                f"        s = _add(s, {piece}({_piece_args(entry, 'r', 'lo:hi')}))\n"
+                "    out[r] = s\n"
+                "return out")
+    return f'def {name}({sig}):\n    """{entry.doc}"""\n' + _indent(body, 4) + "\n"
+
+
+def split_source(name: str, entry: Primitive) -> str:
+    """The split twin ``_<name>_split``: every (row, piece) in parallel, pieces combined in order."""
+    args = roles(entry)
+    sig = ", ".join(a for a, _ in args)
+    first = args[0][0]
+    piece = entry.piece or f"_{name}1"
+    call = f"{piece}({_piece_args(entry, 'r', 'lo:hi')})"
+    pad = f"    pad = np.empty(VECTOR_CHUNK, {first}.dtype)\n" if "+pad" in entry.args else ""
+    head = (f"nr, nc = {first}.shape\n"
+            "ns = _pieces(nc)\n")
+    loop = ("for k in prange(nr * ns):\n"
+            "    r = k // ns\n"
+            "    lo = (k - r * ns) * SEGMENT\n"
+            "    hi = min(lo + SEGMENT, nc)\n" + pad)
+    if entry.combine == "map":
+        body = head + loop + f"    {call}"
+    else:
+        combine = ("m = np.empty(nr)\nfor r in range(nr):\n    m[r] = _max1(part[r * ns:(r + 1) * ns])\nreturn m"
+                   if entry.combine == "max" else "return _combine(part, nr, ns)")
+        body = head + "part = np.empty(nr * ns)\n" + loop + f"    part[k] = {call}\n" + combine
+    return f"def _{name}_split({sig}):\n" + _indent(body, 4) + "\n"
+
+
+#: The source of every generated function, by name (print ``"\n".join(GENERATED.values())`` to read it).
+GENERATED: dict[str, str] = {}
+
+_next_line = [0]
+
+
+def define(source: str, namespace: dict, filename: str):
+    """Execute generated ``source`` in ``namespace`` under ``filename`` (the generating module's own
+    file); the function it defines.
+
+    Line numbers start past the end of that file, so that nothing (tracebacks, the source hash of
+    :func:`fastloss._compile.source_hash`, which then hashes the bytecode and constants) reads an
+    unrelated line of the real file as the generated function's source.
     """
-    nr, nc = x.shape
-    out = np.empty(nr)
-    for r in range(nr):
-        s = 0.0
-        for lo in range(0, nc, SEGMENT):
-            s = _add(s, _cap_exp_sum1(x[r, lo:min(lo + SEGMENT, nc)], m[r], cap))
-        out[r] = s
-    return out
+    tree = ast.parse(source)
+    _next_line[0] += source.count("\n") + 10
+    ast.increment_lineno(tree, 100_000 + _next_line[0])
+    before = set(namespace)
+    exec(compile(tree, filename, "exec"), namespace)  # our own generated code only
+    (fname,) = (k for k in namespace if k not in before)
+    GENERATED[fname] = source
+    return namespace[fname]
 
 
-@_prim
-def cap_dot(x, t, w, m, cap):
-    """``sum_j t_rj w_j (c_rj - m_r)`` per row with ``c = cap tanh(x / cap)`` (empty ``t`` or ``w``: ones)."""
-    nr, nc = x.shape
-    out = np.empty(nr)
-    for r in range(nr):
-        tr = t[r] if t.size else _no_row(t)
-        s = 0.0
-        for lo in range(0, nc, SEGMENT):
-            hi = min(lo + SEGMENT, nc)
-            s = _add(s, _cap_dot1(x[r, lo:hi], tr[lo:hi] if t.size else tr, w[lo:hi] if w.size else w, m[r], cap))
-        out[r] = s
-    return out
-
-
-@_prim
-def cap_scale_add(g, x, m, c, a, t, b, w, cap):
-    """``g_rj <- (c_r exp(c_rj - m_r) + (a t_rj + b) w_j) (1 - tanh^2(x_rj / cap))``, ``c = cap tanh(x / cap)``.
-
-    The soft-capped counterpart of ``exp_sum`` + ``scale_add``: the gradient with respect to the
-    capped logits times the derivative of the cap, element by element (``g`` may be ``x``).
-    """
-    for r in range(g.shape[0]):
-        _cap_scale_add1(g[r], x[r], m[r], c[r], a, t[r] if t.size else _no_row(t), b, w, cap)
+def _generate() -> None:
+    glb = globals()
+    glb["f64"] = np.float64  # the element notation's conversion on the CPU (exp, log, tanh: mathfn's)
+    for name, entry in TABLE.items():
+        if entry.piece is None:
+            define(piece_source(name, entry), glb, __file__)
+            glb[f"_{name}1"] = _prim(glb[f"_{name}1"])
+        if entry.block:
+            define(block_source(name, entry), glb, __file__)
+            glb[name] = _prim(glb[name])
+        define(split_source(name, entry), glb, __file__)
+        glb[f"_{name}_split"] = _split(glb[f"_{name}_split"])
 
 
 # -- split twins: one row at a time, its pieces in parallel --------------------------------------
@@ -630,21 +813,6 @@ def cap_scale_add(g, x, m, c, a, t, b, w, cap):
 @_prim
 def _pieces(n):
     return (n + SEGMENT - 1) // SEGMENT
-
-
-@_split
-def _row_max_split(x):
-    nr, nc = x.shape
-    ns = _pieces(nc)
-    part = np.empty(nr * ns)
-    for k in prange(nr * ns):
-        r = k // ns
-        lo = (k - r * ns) * SEGMENT
-        part[k] = _max1(x[r, lo:min(lo + SEGMENT, nc)])
-    m = np.empty(nr)
-    for r in range(nr):
-        m[r] = _max1(part[r * ns:(r + 1) * ns])
-    return m
 
 
 @_prim
@@ -659,141 +827,27 @@ def _combine(part, nr, ns):
     return out
 
 
-@_split
-def _exp_sum_split(x, m, e):
-    nr, nc = x.shape
-    ns = _pieces(nc)
-    part = np.empty(nr * ns)
-    for k in prange(nr * ns):
-        r = k // ns
-        lo = (k - r * ns) * SEGMENT
-        hi = min(lo + SEGMENT, nc)
-        pad = np.empty(VECTOR_CHUNK, x.dtype)
-        part[k] = _exp_sum1(x[r, lo:hi], m[r], e[r, lo:hi] if e.size else _no_row(e), pad)
-    return _combine(part, nr, ns)
+_generate()
 
 
 @_prim
 def _softmax_pass_split(x, y, e):
     # rows this long take the exact passes in the serial primitive too: the same bits
-    m = _row_max_split(x)
-    xy = gather(x, y)
-    return xy, m, _exp_sum_split(x, m, e)
-
-
-@_split
-def _dot_split(x, t, w, m):
-    nr, nc = x.shape
-    ns = _pieces(nc)
-    part = np.empty(nr * ns)
-    for k in prange(nr * ns):
-        r = k // ns
-        lo = (k - r * ns) * SEGMENT
-        hi = min(lo + SEGMENT, nc)
-        part[k] = _dot1(x[r, lo:hi], t[r, lo:hi] if t.size else _no_row(t), w[lo:hi] if w.size else w, m[r])
-    return _combine(part, nr, ns)
-
-
-@_split
-def _row_sum_split(t):
-    nr, nc = t.shape
-    ns = _pieces(nc)
-    part = np.empty(nr * ns)
-    for k in prange(nr * ns):
-        r = k // ns
-        lo = (k - r * ns) * SEGMENT
-        part[k] = _sum1(t[r, lo:min(lo + SEGMENT, nc)])
-    return _combine(part, nr, ns)
-
-
-@_split
-def _xlogx_split(t):
-    nr, nc = t.shape
-    ns = _pieces(nc)
-    part = np.empty(nr * ns)
-    for k in prange(nr * ns):
-        r = k // ns
-        lo = (k - r * ns) * SEGMENT
-        part[k] = _xlogx1(t[r, lo:min(lo + SEGMENT, nc)])
-    return _combine(part, nr, ns)
-
-
-@_split
-def _scale_rows_split(g, c):
-    nr, nc = g.shape
-    ns = _pieces(nc)
-    for k in prange(nr * ns):
-        r = k // ns
-        lo = (k - r * ns) * SEGMENT
-        _scale1(g[r, lo:min(lo + SEGMENT, nc)], c[r])
-
-
-@_split
-def _scale_add_split(g, c, a, t, b, w):
-    nr, nc = g.shape
-    ns = _pieces(nc)
-    for k in prange(nr * ns):
-        r = k // ns
-        lo = (k - r * ns) * SEGMENT
-        hi = min(lo + SEGMENT, nc)
-        _scale_add1(g[r, lo:hi], c[r], a, t[r, lo:hi] if t.size else _no_row(t), b, w[lo:hi] if w.size else w)
-
-
-@_split
-def _cap_exp_sum_split(x, m, cap):
-    nr, nc = x.shape
-    ns = _pieces(nc)
-    part = np.empty(nr * ns)
-    for k in prange(nr * ns):
-        r = k // ns
-        lo = (k - r * ns) * SEGMENT
-        part[k] = _cap_exp_sum1(x[r, lo:min(lo + SEGMENT, nc)], m[r], cap)
-    return _combine(part, nr, ns)
-
-
-@_split
-def _cap_dot_split(x, t, w, m, cap):
-    nr, nc = x.shape
-    ns = _pieces(nc)
-    part = np.empty(nr * ns)
-    for k in prange(nr * ns):
-        r = k // ns
-        lo = (k - r * ns) * SEGMENT
-        hi = min(lo + SEGMENT, nc)
-        part[k] = _cap_dot1(x[r, lo:hi], t[r, lo:hi] if t.size else _no_row(t), w[lo:hi] if w.size else w,
-                            m[r], cap)
-    return _combine(part, nr, ns)
-
-
-@_split
-def _cap_scale_add_split(g, x, m, c, a, t, b, w, cap):
-    nr, nc = g.shape
-    ns = _pieces(nc)
-    for k in prange(nr * ns):
-        r = k // ns
-        lo = (k - r * ns) * SEGMENT
-        hi = min(lo + SEGMENT, nc)
-        _cap_scale_add1(g[r, lo:hi], x[r, lo:hi], m[r], c[r], a, t[r, lo:hi] if t.size else _no_row(t), b,
-                        w[lo:hi] if w.size else w, cap)
+    m = _row_max_split(x)  # noqa: F821  (generated)
+    xy = _shifted_gather(x, y, m)
+    return xy, m, _exp_sum_split(x, m, e)  # noqa: F821
 
 
 #: The primitives a kernel may call (``R.<name>``), and their split twins.
-PRIMITIVES = {
-    "row_max": (row_max, _row_max_split),
-    "exp_sum": (exp_sum, _exp_sum_split),
+PRIMITIVES = {name: (globals()[name], globals()[f"_{name}_split"]) for name in TABLE}
+PRIMITIVES.update({
     "softmax_pass": (softmax_pass, _softmax_pass_split),
     "gather": (gather, gather),
-    "dot": (dot, _dot_split),
-    "row_sum": (row_sum, _row_sum_split),
-    "xlogx": (xlogx, _xlogx_split),
-    "scale_rows": (scale_rows, _scale_rows_split),
-    "scale_add": (scale_add, _scale_add_split),
+    "shifted": (shifted, shifted),
     "add_at": (add_at, add_at),
-    "cap_exp_sum": (cap_exp_sum, _cap_exp_sum_split),
-    "cap_dot": (cap_dot, _cap_dot_split),
-    "cap_scale_add": (cap_scale_add, _cap_scale_add_split),
-}
+})
 
 #: A stand-in for this module with every primitive replaced by its split twin.
 SPLIT = types.ModuleType(__name__ + ".split")
 SPLIT.__dict__.update({name: pair[1] for name, pair in PRIMITIVES.items()})
+
