@@ -256,16 +256,15 @@ def piece_sums(xc, lo, params, scratch):
     acc[:] = 0.0
     # ``nl`` is LANES, but not as a constant LLVM can see: it would unroll the loop and leave it scalar
     nl = m if m < LANES else LANES
-    nfull = m // nl
-    for q in range(nfull):
-        base = q * nl
-        xq = slices(xc, base, base + nl)
-        for ln in range(nl):
+    # the last group of lanes may be partial: one loop nest, so that ``_map`` is inlined (and
+    # vectorised) once rather than again for a remainder loop
+    for base in range(0, m, nl):
+        cnt = m - base
+        if cnt > nl:
+            cnt = nl
+        xq = slices(xc, base, base + cnt)
+        for ln in range(cnt):
             accumulate(acc, ln, _map(lo + base + ln, *gather(xq, ln), *params))
-    base = nfull * nl
-    xq = slices(xc, base, m)
-    for ln in range(m - base):
-        accumulate(acc, ln, _map(lo + base + ln, *gather(xq, ln), *params))
     # fold lane i + width/2 onto lane i, down to 8 lanes (vectorised loops), then a tree of 8
     width = nl
     while width > 8:
