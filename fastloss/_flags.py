@@ -24,3 +24,9 @@ SCALE_BY_WSUM = 16
 SCALE_BY_DENOM = SCALE_BY_WSUM
 #: CUDA rowreduce: evaluate the declaration's ``row_check`` per row (failing rows get NaN).
 CHECK_ROWS = 32
+#: CPU rowsum: tasks are pieces of rows (``t = r * npieces + p``), not blocks of rows.
+SPLIT = 64
+#: CPU rowsum, with ``SPLIT``: only sum each piece into ``part[t]`` (the first phase of the split path).
+SUMS_ONLY = 128
+#: CPU rowsum: return the number of sums ``map`` gives (the width of ``part``) and do nothing else.
+NSUMS = 256

@@ -48,15 +48,13 @@ from __future__ import annotations
 
 import math
 import threading
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numba
 import numpy as np
 
-from ... import _buffers, _config, _stats, _threading
+from ... import _buffers, _config, _launcher, _stats
 from ..._call import (
     Result,
     check_domains,
@@ -67,7 +65,6 @@ from ..._call import (
     reduce_value,
     writes_through,
 )
-from ..._compile import specialise
 from ..._spec import Discrete, LossSpec, Param
 from ..._validate import as_array, check_discrete, check_weight_shape, compute_dtype
 from ..base import register_kind
@@ -145,7 +142,7 @@ def _mode(n: int, d: int) -> str:
     """
     if n * d < _config.PARALLEL_THRESHOLD:
         return "ser"
-    if d > rowreduce_cpu.SEGMENT and n < 2 * numba.get_num_threads():
+    if d > rowreduce_cpu.SEGMENT and n < 2 * _launcher.num_threads():
         return "split"
     return "par"
 
@@ -180,48 +177,23 @@ class RowReduceKind:
     def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
         return ()
 
-    def driver(self, spec: LossSpec, mode: str, kernel: RowReduce | None = None):
-        """The compiled driver of ``spec`` (or of one of its kernel variants) for ``mode``."""
+    def driver(self, spec: LossSpec, stats: bool = False, kernel: RowReduce | None = None):
+        """The compiled driver of ``spec`` (or of one of its kernel variants), for every mode.
+
+        ``stats``: with gradient statistics (compiled only when a call asks for them).
+        """
         k = spec.kernel if kernel is None else kernel
-        key = (k, mode)
+        key = (k, stats)
         drv = self._drivers.get(key)
         if drv is None:
             with _compile_lock:
                 drv = self._drivers.get(key)
                 if drv is None:
-                    kmap = rowreduce_cpu.stage_kernel(k.map)
                     length = self._layout(spec).row_length
-                    short = length is not None and length < rowreduce_cpu.LANES
-                    split = mode == "split"
-                    template = rowreduce_cpu.rowreduce_split_driver if split else rowreduce_cpu.rowreduce_driver
-                    drv = specialise(
-                        template,
-                        spec.name + ("__split" if split else ""),
-                        {"_map": kmap, "_finish": rowreduce_cpu.stage_kernel(k.finish),
-                         "_grad": rowreduce_cpu.stage_kernel(k.grad), "_piece_sums": self._piece_sums(kmap, short)},
-                        parallel=mode != "ser",
-                        hashed=(*k.stages, rowreduce_cpu.stage_kernel),
-                        cache=spec.options.get("cache", True),
-                    )
-                    self._drivers[key] = drv
+                    drv = self._drivers[key] = rowreduce_cpu.build(
+                        k, spec.name, short=length is not None and length < rowreduce_cpu.LANES, stats=stats,
+                        cache=spec.options.get("cache", True))
         return drv
-
-    @staticmethod
-    def _piece_sums(kmap, short: bool):
-        """:func:`~fastloss.kinds.rowsum.cpu.piece_sums` bound to a loss's map, compiled strictly.
-
-        ``short``: the rows are always shorter than the lanes, only :func:`short_sums` is needed.
-        """
-
-        def bind(tpl, **bindings):
-            glb = dict(tpl.__globals__)
-            glb.update(bindings)
-            func = types.FunctionType(tpl.__code__, glb, tpl.__name__, tpl.__defaults__)
-            func.__qualname__ = tpl.__qualname__
-            return rowreduce_cpu.stage_kernel(func)
-
-        short_sums = bind(rowreduce_cpu.short_sums, _map=kmap)
-        return short_sums if short else bind(rowreduce_cpu.piece_sums, _map=kmap, _short_sums=short_sums)
 
     def _layout(self, spec: LossSpec) -> _Layout:
         layout = self._layouts.get(id(spec))  # the layout holds the spec, so its id is not reused
@@ -285,13 +257,9 @@ class RowReduceKind:
                 | (rowreduce_cpu.NEED_STATS if stats else 0)
             )
             kernel = L.variant(params) if L.variant is not None else None
-            drv = self.driver(spec, mode, kernel)
-            args = (xs, ys, w, gs, loss_rows, spec.kernel_params(params), scale, flags, stat_rows)
-            if mode == "ser":
-                total = drv(*args)
-            else:
-                with _threading.guard():
-                    total = drv(*args)
+            drv = self.driver(spec, stats, kernel)
+            total = rowreduce_cpu.launch(drv, xs, ys, w, gs, loss_rows, spec.kernel_params(params), scale, flags,
+                                         stat_rows, mode)
 
         value = None
         if need_value:

@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from ... import _config, _stats, _threading
+from ... import _config, _stats
 from ..._call import Result, check_outs, check_weight, grad_dtype, mean_scale, reduce_value
 from ..._spec import LossSpec, Param
 from ..._validate import as_array, check_weight_shape, compute_dtype
@@ -130,7 +130,7 @@ class SimilarityKind:
             st = None
             if symmetric:
                 st = np.empty_like(s)
-                self._call(similarity_cpu.transpose_into[parallel], parallel, st, s)
+                similarity_cpu.transpose(st, s, False, parallel)
             labels = np.arange(n)
             row_loss = spec.kernel
             if need_grad:
@@ -155,7 +155,7 @@ class SimilarityKind:
                 gr *= a
                 if symmetric:
                     gc *= a
-                    self._call(similarity_cpu.add_transposed[parallel], parallel, gr, gc)
+                    similarity_cpu.transpose(gr, gc, True, parallel)
                 du = gr @ v
                 dv = gr.T @ u
                 grads = (_normalise_backward(du, u, inv1, big1), _normalise_backward(dv, v, inv2, big2))
@@ -167,14 +167,6 @@ class SimilarityKind:
         if need_grad:
             result = tuple(self._finish_grad(g, x, o) for g, x, o in zip(grads, (z1, z2), outs))
         return Result(value, result, _stats_of(result) if stats else None)
-
-    @staticmethod
-    def _call(kernel, parallel: bool, *args) -> None:
-        if parallel:
-            with _threading.guard():
-                kernel(*args)
-        else:
-            kernel(*args)
 
     @staticmethod
     def _finish_grad(g: np.ndarray, x: np.ndarray, out) -> np.ndarray:
