@@ -80,12 +80,18 @@ class _Call:
         self.device = device
         self.diff = [k for k, inp in enumerate(loss.spec.inputs) if inp.differentiable]
         self.weight = self.array(weight)
+        # the forward call's keywords, built once: parameters left at their defaults are left out
+        # (the loss fills them in), so that its shortcut has fewer keywords to look at
+        given = {p.name: params[p.name] for p in loss._params if params[p.name] is not p.default}
+        self.forward_kwargs = dict(given, weight=self.weight, reduction=reduction)
 
     def array(self, x):
         """What the loss receives for ``x``: a NumPy view of a CPU tensor, a detached CUDA tensor."""
         if not isinstance(x, torch.Tensor):
             return x
-        x = x.detach().resolve_conj().resolve_neg()
+        x = x.detach()
+        if x.is_conj() or x.is_neg():  # (asked first: resolving costs two dispatches even when a no-op)
+            x = x.resolve_conj().resolve_neg()
         if x.dtype == torch.bfloat16:  # neither NumPy nor the CUDA backend has bfloat16: float32
             x = x.float()
         return x if self.device is not None else x.numpy()
@@ -111,7 +117,7 @@ class _FusedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, call: _Call, *inputs):
         arrays = [call.array(t) for t in inputs]
-        kwargs = call.kwargs(call.weight, call.reduction)
+        kwargs = call.forward_kwargs
         loss = call.loss
         ctx.call = call
         ctx.wanted = [k for k in call.diff if ctx.needs_input_grad[1 + k]]
@@ -225,8 +231,35 @@ def wrap(loss: Loss) -> Callable[..., torch.Tensor]:
     if not isinstance(loss, Loss):
         raise TypeError(f"{_ADAPTER}.wrap expects a fastloss Loss, got {type(loss).__name__}")
     name = loss.spec.name
+    ninputs = len(loss.spec.inputs)
+    fixed = [k for k, inp in enumerate(loss.spec.inputs) if not inp.differentiable]
+    # The common call (CPU tensors for every input, no keyword but ``reduction``) runs one _Call
+    # per reduction, built on first use: the general route below binds the arguments, finds the
+    # device and builds a _Call on every call, which at 64 x 10 costs as much as the kernel.
+    plain_calls: dict[str, _Call] = {}
+
+    def plain_call(reduction: str) -> _Call | None:
+        call = plain_calls.get(reduction)
+        if call is None:
+            try:  # what the general route checks for these arguments, once
+                _, params, _, _, _, _ = loss._bind((None,) * ninputs, {"reduction": reduction}, with_out=False)
+                _adapters.check_params(_ADAPTER, name, params)
+            except (TypeError, ValueError):
+                return None
+            call = plain_calls[reduction] = _Call(loss, params, None, reduction, None)
+        return call
 
     def f(*args, **kwargs):
+        if len(args) == ninputs and (not kwargs or (len(kwargs) == 1 and type(kwargs.get("reduction")) is str)):
+            reduction = kwargs.get("reduction", "mean")
+            # exact torch.Tensor on the CPU (a subclass may report another device, see _device);
+            # "none" is left to the general route, which checks that it is differentiable
+            if (reduction == "mean" or reduction == "sum") and all(
+                type(t) is torch.Tensor and t.is_cpu for t in args
+            ) and not any(args[k].requires_grad for k in fixed):
+                call = plain_call(reduction)
+                if call is not None:
+                    return _FusedLoss.apply(call, *args)
         for k in ("out", "stats"):
             if k in kwargs:
                 raise TypeError(f"{_ADAPTER}.{name}() does not take {k}= (autograd owns the gradient)")

@@ -334,4 +334,130 @@ class RowwiseKind:
         return "probs"
 
 
+    def fast_path(self, spec: LossSpec, params: tuple[Param, ...], *, need_value: bool, need_grad: bool,
+                  with_out: bool):
+        """A callable ``fast(args, kwargs)`` for the common call, or None when ``spec`` has none.
+
+        The common call (what a classifier's training step passes): ``logits`` and class ``labels``
+        positional, 2-D C-contiguous float32/float64 logits with the classes last, 1-D int64/int32
+        labels of one per row, no weight, ``reduction`` "mean" or "sum", no statistics, no ``out``,
+        no auxiliary value. ``fast`` returns what :class:`~fastloss._api.Loss` returns, or
+        ``NotImplemented`` for any other call, which then takes :meth:`run` (which also raises every
+        error: the fast path never does). It makes the same driver call as :meth:`run`, so the
+        results are the same bits. At 64 x 10 the general path's conversions and checks cost several
+        times the kernel.
+        """
+        if "index" not in spec.options.get("targets", ("index",)):
+            return None
+        defaults = {p.name: p.default for p in params}
+        try:
+            if spec.check is not None:
+                spec.check(dict(defaults))
+            default_kparams = spec.kernel_params(defaults)
+            default_kernel = self.kernel_for(spec, defaults, True)
+        except Exception:  # a declaration whose defaults need the general path
+            return None
+        by_name = {p.name: p for p in params}
+        known = {"reduction", "weight", *(("out", "stats") if with_out else ())}
+        aux = spec.options.get("aux")
+        use_ignore = "ignore_index" in by_name
+        name = spec.name
+        flags = rowwise_cpu.NEED_GRAD if need_grad else 0
+        no_weight = np.empty(0, np.float64)
+        no_rows = np.empty(0, np.float64)
+        no_stats = _stats.empty_partials(0)
+        labels = (np.dtype(np.int64), np.dtype(np.int32))
+        floats = (np.dtype(np.float32), np.dtype(np.float64))
+        f32 = np.dtype(np.float32)
+        f32_max = float(np.finfo(np.float32).max)
+        min_cached = _buffers.MIN_BYTES
+        drivers = {}  # by (mode, kernel): saves the driver lookup's key building per call
+        slow = NotImplemented
+
+        def fast(args, kwargs):
+            if len(args) != 2:
+                return slow
+            x, y = args
+            if type(x) is not np.ndarray or type(y) is not np.ndarray:
+                return slow
+            dtype = x.dtype
+            if (x.ndim != 2 or dtype not in floats or not x.flags.c_contiguous
+                    or y.ndim != 1 or y.dtype not in labels or not y.flags.c_contiguous):
+                return slow
+            n, nc = x.shape
+            if n == 0 or nc == 0 or y.shape[0] != n:
+                return slow
+            reduction = "mean"
+            pvals = defaults
+            kparams = default_kparams
+            kernel = default_kernel
+            if kwargs:
+                changed = None
+                for key, v in kwargs.items():
+                    if key in by_name:
+                        if v is not defaults[key]:
+                            if changed is None:
+                                changed = dict(defaults)
+                            changed[key] = v
+                    elif key not in known:
+                        return slow
+                reduction = kwargs.get("reduction", "mean")
+                if type(reduction) is not str or (reduction != "mean" and reduction != "sum"):
+                    return slow
+                if kwargs.get("weight") is not None or kwargs.get("out") is not None or kwargs.get("stats", False):
+                    return slow
+                if changed is not None:
+                    try:
+                        for p in params:  # declaration order, as the general path checks them
+                            if changed[p.name] is not defaults[p.name]:
+                                changed[p.name] = p.check(name, changed[p.name])
+                        if spec.check is not None:
+                            spec.check(changed)
+                    except (TypeError, ValueError):
+                        return slow  # the general path raises it, after its own earlier checks
+                    if changed["axis"] not in (-1, 1) or (aux and changed.get(aux)):
+                        return slow  # another class axis, or a (loss, part) value
+                    pvals = changed
+                    kparams = spec.kernel_params(pvals)
+                    kernel = self.kernel_for(spec, pvals, True)
+            ignore_index = int(pvals["ignore_index"]) if use_ignore else -1
+            bad, count, _ = _check_labels(y, nc, ignore_index, use_ignore, no_weight)
+            if bad >= 0 or count == 0:
+                return slow  # the general path raises for the label (an all-ignored mean is NaN there)
+            scale = 1.0 / count if reduction == "mean" else 1.0  # mean_scale without weights
+            if y.dtype != labels[0]:
+                y = y.astype(np.int64)
+            if not need_grad:
+                g = np.empty((0, nc), dtype)
+            elif n * nc * dtype.itemsize < min_cached:
+                g = np.empty((n, nc), dtype)
+            else:
+                g = _buffers.empty((n, nc), dtype)
+            mode = _mode(n, nc)
+            drv = drivers.get((mode, kernel))
+            if drv is None:
+                drv = drivers[mode, kernel] = self.driver(spec, mode, kernel)
+            call = (x, y, np.empty((0, nc), dtype), no_weight, g, no_rows, kparams, scale, ignore_index,
+                    flags, np.zeros(rowwise_cpu.nblocks(n, nc), dtype=np.float64), no_stats)
+            if mode == "ser":
+                total = drv(*call)
+            else:
+                with _threading.guard():
+                    total = drv(*call)
+            if not need_value:
+                return g
+            if reduction == "sum":
+                value = dtype.type(total)
+            else:
+                v = total * scale
+                if dtype == f32 and f32_max < abs(v) < math.inf:
+                    with np.errstate(over="ignore"):  # as reduce_value: the mean overflows to inf
+                        value = dtype.type(v)
+                else:
+                    value = dtype.type(v)
+            return (value, g) if need_grad else value
+
+        return fast
+
+
 ROWWISE = register_kind(RowwiseKind())
