@@ -91,6 +91,18 @@ def _mode(n: int, nc: int) -> str:
 _READONLY = (0, 1, 2, 3)
 
 
+def _run_blocks(drv, mode: str, args: tuple, partials: np.ndarray, nb: int) -> float:
+    """Run driver ``drv`` over all ``nb`` row blocks (compiling it on first use); the float64 total
+    of the blocks' partial sums (``partials``, in ``args``), added in block order."""
+    try:
+        _launch(drv, mode, args, nb)
+    except TypeError:  # no compilation for these types yet (drivers compile only here)
+        if not compile_readonly(drv, (*args, 0, nb), _READONLY):
+            raise
+        _launch(drv, mode, args, nb)
+    return rowwise_cpu.block_total(partials, nb)
+
+
 def _launch(drv, mode: str, args: tuple, nb: int) -> None:
     """Run driver ``drv`` over all ``nb`` row blocks, serially or on several threads."""
     if mode == "par":
@@ -276,13 +288,7 @@ class RowwiseKind:
             drv = self.driver(spec, mode, self.kernel_for(spec, params, y.size > 0))
             args = (x2, y, t2, w, g2, loss_rows, spec.kernel_params(params), scale, ignore_index,
                     flags, partials, stat_rows)
-            try:
-                _launch(drv, mode, args, nb)
-            except TypeError:  # no compilation for these types yet (drivers compile only here)
-                if not compile_readonly(drv, (*args, 0, nb), _READONLY):
-                    raise
-                _launch(drv, mode, args, nb)
-            total = rowwise_cpu.block_total(partials, nb)
+            total = _run_blocks(drv, mode, args, partials, nb)
 
         value = None
         if need_value:
@@ -437,13 +443,11 @@ class RowwiseKind:
             drv = drivers.get((mode, kernel))
             if drv is None:
                 drv = drivers[mode, kernel] = self.driver(spec, mode, kernel)
+            nb = rowwise_cpu.nblocks(n, nc)
+            partials = np.zeros(nb, dtype=np.float64)
             call = (x, y, np.empty((0, nc), dtype), no_weight, g, no_rows, kparams, scale, ignore_index,
-                    flags, np.zeros(rowwise_cpu.nblocks(n, nc), dtype=np.float64), no_stats)
-            if mode == "ser":
-                total = drv(*call)
-            else:
-                with _threading.guard():
-                    total = drv(*call)
+                    flags, partials, no_stats)
+            total = _run_blocks(drv, mode, call, partials, nb)
             if not need_value:
                 return g
             if reduction == "sum":
