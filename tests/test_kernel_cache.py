@@ -26,7 +26,7 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     import numpy as np, fastloss as fl
     v, g = fl.huber.value_and_grad(np.linspace(-2, 3, 1000), 0.0)
-drv = fl._pointwise.POINTWISE.driver(fl.huber.spec)
+drv = fl.kinds.KINDS["pointwise"].driver(fl.huber.spec)
 print(json.dumps({{"value": float(v), "grad": float(g.sum()), "hits": sum(drv.stats.cache_hits.values()),
     "misses": sum(drv.stats.cache_misses.values()),
     "warned": [str(w.message) for w in caught if "fastloss" in str(w.message)]}}))
