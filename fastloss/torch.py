@@ -32,6 +32,12 @@ Where the tensors live decides the path:
   (CPU tensors that report a CUDA device), the backend's kernels under the Numba CUDA simulator;
   not tested: real ``torch`` CUDA tensors, which need a CUDA build of PyTorch and a GPU.
 
+Small batches: ``cross_entropy(logits, target)`` with no keyword but ``reduction``, on CPU
+``(N, C)`` float32/float64 logits (at most :data:`SMALL_CROSS_ENTROPY` of them) and int64 class
+indices, is ``torch.nn.functional.cross_entropy`` itself: there both are per-call overhead, and a
+Python ``autograd.Function`` cannot match PyTorch's C++ path. Its values differ from fastloss's
+kernel in the last bits only.
+
 ``reduction="none"``: the backward pass gives ``sum_i grad_output_i * d loss_i / d inputs``.
 Where each sample's loss depends on its own elements only (pointwise, rowwise and rowreduce
 losses) the saved gradient of the sum is scaled per element / per row. Where an element feeds
@@ -56,14 +62,19 @@ except ImportError as exc:  # say how to get it: the extra installs the version 
     raise ImportError(f'fastloss.torch needs PyTorch: pip install "fastloss[torch]" '
                       f'(from the source tree: pip install ".[torch]"); {exc}') from exc
 
+from torch.nn import functional as _F
+
 from . import _adapters
 from ._api import Loss
 from ._call import signed_weights
 from ._registry import REGISTRY
 
-__all__ = ["wrap"]
+__all__ = ["SMALL_CROSS_ENTROPY", "wrap"]
 
 _ADAPTER = "fastloss.torch"
+#: dtypes whose CPU tensors are NumPy arrays as they are (``.numpy()`` is a view, no cast)
+_NUMPY_DTYPES = frozenset({torch.float32, torch.float64, torch.int64, torch.int32, torch.int16, torch.int8,
+                           torch.uint8, torch.bool})
 
 
 class _Call:
@@ -203,6 +214,71 @@ def _device(name: str, loss: Loss, inputs, weight) -> torch.device | None:
     return dev
 
 
+class _PlainLoss(torch.autograd.Function):
+    """The common CPU call, with nothing to decide per call (see ``wrap``).
+
+    Every input is a plain CPU tensor of a NumPy dtype, every differentiable one requires a
+    gradient, the reduction is ``"mean"`` or ``"sum"``: the forward pass is one
+    ``value_and_grad`` on zero-copy NumPy views, the backward pass hands back the saved
+    gradient (scaled by ``grad_output`` unless that is 1). At 64 x 10 the general
+    ``_FusedLoss`` spends as long deciding as the kernel spends computing.
+    """
+
+    @staticmethod
+    def forward(ctx, call: _Call, *inputs):
+        value, grads = call.loss.value_and_grad(*[t.detach().numpy() for t in inputs], **call.forward_kwargs)
+        ctx.save_for_backward(*[torch.from_numpy(g) for g in (grads if type(grads) is tuple else (grads,))])
+        ctx.slots = call.grad_slots
+        return torch.from_numpy(np.asarray(value))
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        out = list(ctx.slots)
+        one = grad_output.numel() == 1 and float(grad_output) == 1.0  # loss.backward(): the gradient as it is
+        for k, g in zip(ctx.slots.index_of, ctx.saved_tensors):
+            out[k] = g if one else g * grad_output
+        return tuple(out)
+
+
+class _Slots(tuple):
+    """``backward``'s return value template (``None`` everywhere) and where the gradients go."""
+
+    index_of: tuple[int, ...]
+
+
+#: Below this many logits, ``fastloss.torch.cross_entropy(logits, target)`` (no keyword but
+#: ``reduction``) calls ``torch.nn.functional.cross_entropy``: at such sizes both are per-call
+#: overhead, not arithmetic, and a Python ``autograd.Function`` (about 80 us for forward and
+#: backward on the 2-core test VM before any arithmetic) cannot match PyTorch's C++ path.
+#: ``python bench/torch_small.py`` measures the crossover (1 thread, float32, 2-core VM:
+#: fastloss 1.7x slower at 64 x 10, 1.2x at 1024 x 100, 1.6x faster at 256 x 1000).
+#: Set it to 0 to run fastloss's kernel at every size.
+SMALL_CROSS_ENTROPY = 131072
+
+
+def _small_cross_entropy(logits, target, reduction: str) -> torch.Tensor | None:
+    """``F.cross_entropy`` for a small plain call that it computes as fastloss does, else ``None``.
+
+    Only CPU ``(N, C)`` float32/float64 logits, at most ``SMALL_CROSS_ENTROPY`` of them, with
+    int64 class indices, under fastloss's defaults (``ignore_index=-100``, no smoothing, no
+    weights, classes on the last axis), which are PyTorch's. An error (a label out of range,
+    mismatched shapes) is left to fastloss, whose message names the argument.
+    """
+    if not (type(logits) is torch.Tensor and type(target) is torch.Tensor and logits.dtype in _FLOATS
+            and target.dtype is torch.int64 and logits.ndim == 2 and target.ndim == 1 and logits.is_cpu
+            and target.is_cpu and logits.numel() <= SMALL_CROSS_ENTROPY):
+        return None
+    try:
+        return _F.cross_entropy(logits, target, reduction=reduction)
+    except (IndexError, RuntimeError, ValueError):
+        return None
+
+
+_FLOATS = (torch.float32, torch.float64)
+#: the plain calls PyTorch answers faster at small sizes, by registered loss name
+_SMALL_CALLS = {"cross_entropy": _small_cross_entropy}
+
+
 def wrap(loss: Loss) -> Callable[..., torch.Tensor]:
     """``loss`` as a differentiable function of torch tensors (CPU or CUDA).
 
@@ -233,10 +309,12 @@ def wrap(loss: Loss) -> Callable[..., torch.Tensor]:
     name = loss.spec.name
     ninputs = len(loss.spec.inputs)
     fixed = [k for k, inp in enumerate(loss.spec.inputs) if not inp.differentiable]
+    diff = [k for k, inp in enumerate(loss.spec.inputs) if inp.differentiable]
     # The common call (CPU tensors for every input, no keyword but ``reduction``) runs one _Call
     # per reduction, built on first use: the general route below binds the arguments, finds the
     # device and builds a _Call on every call, which at 64 x 10 costs as much as the kernel.
     plain_calls: dict[str, _Call] = {}
+    small = _SMALL_CALLS.get(name) if loss is REGISTRY.get(name) else None
 
     def plain_call(reduction: str) -> _Call | None:
         call = plain_calls.get(reduction)
@@ -247,19 +325,27 @@ def wrap(loss: Loss) -> Callable[..., torch.Tensor]:
             except (TypeError, ValueError):
                 return None
             call = plain_calls[reduction] = _Call(loss, params, None, reduction, None)
+            call.grad_slots = _Slots([None] * (1 + ninputs))  # backward's (call, *inputs) gradients
+            call.grad_slots.index_of = tuple(1 + k for k in diff)
         return call
 
     def f(*args, **kwargs):
         if len(args) == ninputs and (not kwargs or (len(kwargs) == 1 and type(kwargs.get("reduction")) is str)):
-            reduction = kwargs.get("reduction", "mean")
+            reduction = kwargs["reduction"] if kwargs else "mean"
+            if small is not None and (reduction == "mean" or reduction == "sum" or reduction == "none"):
+                value = small(*args, reduction)
+                if value is not None:
+                    return value
             # exact torch.Tensor on the CPU (a subclass may report another device, see _device);
             # "none" is left to the general route, which checks that it is differentiable
             if (reduction == "mean" or reduction == "sum") and all(
-                type(t) is torch.Tensor and t.is_cpu for t in args
-            ) and not any(args[k].requires_grad for k in fixed):
+                type(t) is torch.Tensor and t.is_cpu and t.dtype in _NUMPY_DTYPES for t in args
+            ) and all(args[k].requires_grad for k in diff) and not any(args[k].requires_grad for k in fixed) and (
+                torch.is_grad_enabled()
+            ):
                 call = plain_call(reduction)
                 if call is not None:
-                    return _FusedLoss.apply(call, *args)
+                    return _PlainLoss.apply(call, *args)
         for k in ("out", "stats"):
             if k in kwargs:
                 raise TypeError(f"{_ADAPTER}.{name}() does not take {k}= (autograd owns the gradient)")
@@ -277,7 +363,11 @@ def wrap(loss: Loss) -> Callable[..., torch.Tensor]:
         return _FusedLoss.apply(call, *inputs)
 
     f.__name__ = f.__qualname__ = name
-    f.__doc__ = f"PyTorch autograd wrapper of :func:`fastloss.{name}`.\n\n{loss.__doc__}"
+    head = f"PyTorch autograd wrapper of :func:`fastloss.{name}`."
+    if small is not None:
+        head += (" A plain call on at most ``fastloss.torch.SMALL_CROSS_ENTROPY`` CPU logits is PyTorch's "
+                 "own function (see the module docstring).")
+    f.__doc__ = f"{head}\n\n{loss.__doc__}"
     f.__signature__ = loss.__signature__
     f.__wrapped__ = loss
     return f
@@ -294,7 +384,8 @@ def _check_requires_grad(loss: Loss, inputs) -> None:
 
 @cache
 def _registered(name: str) -> Callable[..., torch.Tensor]:
-    return wrap(REGISTRY[name])
+    f = globals()[name] = wrap(REGISTRY[name])  # later lookups find it without __getattr__
+    return f
 
 
 def __getattr__(name: str):

@@ -243,6 +243,80 @@ def test_cross_entropy_matches_torch():
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-14)
 
 
+# -- small plain cross entropy: PyTorch's own function (SMALL_CROSS_ENTROPY) ----------------------
+
+
+def _ce_pair(shape, dtype, seed=11):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=shape) * 3
+    y = rng.integers(0, shape[1], size=shape[0])
+    y[::5] = -100  # ignored rows, fastloss's and PyTorch's default ignore_index
+    return leaf(x, dtype), leaf(x, dtype), torch.tensor(y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_small_plain_cross_entropy_is_pytorchs_bit_for_bit(dtype, reduction):
+    """At most SMALL_CROSS_ENTROPY logits, a plain call is F.cross_entropy: same bits, same gradient."""
+    a, b, y = _ce_pair((16, 10), dtype)
+    assert a.numel() <= flt.SMALL_CROSS_ENTROPY
+    ours = flt.cross_entropy(a, y, reduction=reduction)
+    ref = F.cross_entropy(b, y, reduction=reduction)
+    assert ours.dtype == dtype and ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    cot = torch.linspace(0.5, 2.0, ours.numel(), dtype=dtype).reshape(ours.shape)
+    (ours * cot).sum().backward()
+    (ref * cot).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+    # and it is what fastloss computes, to rounding
+    want = fl.cross_entropy(a.detach().numpy(), y.numpy(), reduction=reduction)
+    np.testing.assert_allclose(ours.detach().numpy(), want, rtol=2e-6 if dtype == torch.float32 else 1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_plain_cross_entropy_above_the_threshold_is_fastlosss(monkeypatch, dtype):
+    """Above SMALL_CROSS_ENTROPY logits (here lowered to 0) the fused kernel runs, bit for bit
+    fastloss's value and gradient, scaled by grad_output."""
+    monkeypatch.setattr(flt, "SMALL_CROSS_ENTROPY", 0)
+    a, _, y = _ce_pair((16, 10), dtype)
+    ours = flt.cross_entropy(a, y)
+    (3.0 * ours).backward()
+    v, g = fl.cross_entropy.value_and_grad(a.detach().numpy(), y.numpy())
+    np.testing.assert_array_equal(ours.detach().numpy(), v)
+    np.testing.assert_array_equal(a.grad.numpy(), 3.0 * g)
+    a.grad = None
+    flt.cross_entropy(a, y, reduction="sum").backward()  # grad_output 1: the saved gradient as it is
+    np.testing.assert_array_equal(a.grad.numpy(), fl.cross_entropy.grad(a.detach().numpy(), y.numpy(), reduction="sum"))
+
+
+def test_small_cross_entropy_leaves_other_calls_to_fastloss():
+    """Only the plain call PyTorch computes alike is handed over; errors keep fastloss's messages."""
+    a, b, y = _ce_pair((6, 4), torch.float64)
+    bad = y.clone()
+    bad[1] = 4
+    with pytest.raises(ValueError, match=re.escape(str(_raises(fl.cross_entropy, a.detach().numpy(), bad.numpy())))):
+        flt.cross_entropy(a, bad)
+    with pytest.raises(ValueError, match="target"):
+        flt.cross_entropy(a, y[:5])
+    # int32 labels, options, class weights, float16: fastloss's kernel
+    for kwargs in ({"label_smoothing": 0.1}, {"ignore_index": -100}, {"weight": torch.ones(4, dtype=torch.float64)}):
+        got = flt.cross_entropy(a, y, **kwargs)
+        want = fl.cross_entropy(a.detach().numpy(), y.numpy(), **{k: getattr(v, "numpy", lambda v=v: v)()
+                                                                    for k, v in kwargs.items()})
+        np.testing.assert_array_equal(got.detach().numpy(), want)
+    got = flt.cross_entropy(a, y.to(torch.int32))
+    np.testing.assert_array_equal(got.detach().numpy(), fl.cross_entropy(a.detach().numpy(), y.numpy()))
+    with torch.no_grad():  # no gradient wanted: the value alone
+        np.testing.assert_array_equal(flt.cross_entropy(a, y, reduction="sum").numpy(),
+                                      F.cross_entropy(b, y, reduction="sum").numpy())
+
+
+def _raises(f, *args):
+    with pytest.raises(ValueError) as info:
+        f(*args)
+    return info.value
+
+
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_cross_entropy_z_loss_and_softcap_through_the_adapter(reduction):
     """Per-row terms (z-loss, soft-capped logits) keep the row-by-row backward rule exact."""
