@@ -116,6 +116,26 @@ def test_values_and_gradients_match_the_reference(name):
 
 
 @pytest.mark.parametrize("name", ROWWISE)
+def test_row_lengths_around_the_vector_bounds(name):
+    """Rows on each side of the kernels' length bounds (``SHORT_ROW``, ``SHORT_EXP``, ``VECTOR_CHUNK``:
+    plain or interleaved maxima, a flat exponential pass or one per row, a padded tail or none)."""
+    from fastloss.kinds.softmax import primitives as P
+
+    bounds = sorted({P.SHORT_ROW, P.SHORT_EXP, P.VECTOR_CHUNK, 2 * P.VECTOR_CHUNK})
+    rng = np.random.default_rng(4)
+    for c in sorted({max(2, b + d) for b in bounds for d in (-1, 0, 1)}):
+        for form, weighted, ignore in combos(name):
+            x, t = make(rng, 7, c, form, ignore, scale=4.0)
+            w = rng.uniform(0.2, 2.0, c) if weighted else None
+            kw = call_kwargs(name, ignore, defaults(name))
+            v, g = fl.get(name).value_and_grad(x, t, weight=w, reduction="none", **kw)
+            rv, rg = expected(name, x, t, w, ignore, defaults(name), "none")
+            what = f"{name} C={c} {form} weighted={weighted} ignore={ignore}"
+            np.testing.assert_allclose(v, rv, rtol=1e-12, atol=1e-14, err_msg=what)
+            np.testing.assert_allclose(g, rg, rtol=1e-11, atol=1e-14, err_msg=what)
+
+
+@pytest.mark.parametrize("name", ROWWISE)
 def test_float32_matches_the_float64_reference(name):
     rng = np.random.default_rng(1)
     for form, weighted, ignore in combos(name):
