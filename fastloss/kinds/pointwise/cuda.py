@@ -132,7 +132,7 @@ class CudaPointwise:
 
     def __init__(self) -> None:
         self._kernels: dict[tuple, object] = {}
-        self._layouts: dict[int, _Layout] = {}
+        self._layout = _kinds.Layouts(_Layout)
         self._lock = threading.Lock()
 
     def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
@@ -186,12 +186,6 @@ class CudaPointwise:
         sig += [arr(real), u64, *(arr(grad_dtype(np.empty(0, dtype))) for _ in layout.diff), arr(dtype)]
         sig += [from_dtype(real)] * n_params + [f64, arr(np.float64), i64, arr(np.float64)]
         return {"pointwise": cuda.compile_ptx(fn, tuple(sig), cc=cc)[0]}
-
-    def _layout(self, spec: LossSpec) -> _Layout:
-        layout = self._layouts.get(id(spec))  # the dict keeps the layout, the layout nothing of the spec
-        if layout is None:
-            layout = self._layouts[id(spec)] = _Layout(spec)
-        return layout
 
     # -- a call ----------------------------------------------------------------------------
 

@@ -67,7 +67,7 @@ from ..._call import (
 )
 from ..._spec import Discrete, LossSpec, Param
 from ..._validate import as_array, check_discrete, check_weight_shape, compute_dtype
-from ..base import register_kind
+from ..base import Layouts, register_kind
 from . import cpu as rowreduce_cpu
 
 _compile_lock = threading.Lock()
@@ -172,7 +172,7 @@ class RowReduceKind:
 
     def __init__(self) -> None:
         self._drivers: dict[tuple[Any, str], Any] = {}
-        self._layouts: dict[int, _Layout] = {}
+        self._layout = Layouts(_Layout)
 
     def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
         return ()
@@ -194,12 +194,6 @@ class RowReduceKind:
                         k, spec.name, short=length is not None and length < rowreduce_cpu.LANES, stats=stats,
                         cache=spec.options.get("cache", True))
         return drv
-
-    def _layout(self, spec: LossSpec) -> _Layout:
-        layout = self._layouts.get(id(spec))  # the layout holds the spec, so its id is not reused
-        if layout is None:
-            layout = self._layouts[id(spec)] = _Layout(spec)
-        return layout
 
     def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False):
         name = spec.name
