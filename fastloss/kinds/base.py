@@ -82,6 +82,23 @@ class Layouts(Generic[_L]):
         return hit[1]
 
 
+class CudaKind:
+    """What the CUDA sides of the kinds share: no keyword options of their own, and ``run``, which
+    makes the device of the first input current (its context and stream, see
+    :class:`fastloss.device.arrays.Placement`) for ``_run(pl, spec, inputs, params, weight, reduction,
+    need_value, need_grad, out, stats)``."""
+
+    def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
+        return ()
+
+    def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False):
+        from ..device import arrays as device  # imports numba.cuda: CUDA calls only
+
+        pl = device.Placement(spec.name, spec.inputs[0].name, inputs[0])
+        with pl.active():
+            return self._run(pl, spec, inputs, params, weight, reduction, need_value, need_grad, out, stats)
+
+
 KINDS: dict[str, Kind] = {}
 
 #: CUDA implementations of the kinds, by kind name. Registered by ``fastloss.device`` the first time

@@ -59,16 +59,15 @@ from dataclasses import dataclass
 import numpy as np
 from numba import cuda, float32, float64, int64, uint64
 
-from ..._call import Result, check_domain, check_outs, check_weight, checked_domains, grad_dtype, mean_scale
+from ..._call import check_domain, check_outs, check_weight, checked_domains, grad_dtype, mean_scale
 from ..._flags import CHECK_ROWS, NEED_GRAD, PER_ROW, SCALE_BY_WSUM
-from ..._spec import LossSpec, Param
 from ..._validate import check_weight_shape, compute_dtype
 from ...device import arrays as device
 from ...device import config, kernels
-from ...device.arrays import U, device_stats, reduced_value
+from ...device.arrays import U, reduced_value
 from ...device.checks import Checks
 from .. import base as _kinds
-from ..pointwise.cuda import _gathered, finish_grad, grad_stats, operand, sum_weights
+from ..pointwise.cuda import _gathered, operand, result, sum_weights
 from .host import ROWREDUCE, RowReduce
 
 #: Elements per thread the fused kernel aims at when it picks the threads per row.
@@ -465,13 +464,10 @@ def _split(pl, kernel, check, a, real, threads, n, d, npieces, piece, xs, yargs,
 # -- the kind --------------------------------------------------------------------------------------
 
 
-class CudaRowReduce:
+class CudaRowReduce(_kinds.CudaKind):
     """The rowreduce kind for CUDA arrays (same contract as :class:`fastloss.kinds.rowsum.host.RowReduceKind`)."""
 
     name = "rowreduce"
-
-    def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
-        return ()
 
     def ptx(self, loss, dtype: np.dtype, cc: tuple[int, int], threads: int, labels=None) -> dict[str, str]:
         """PTX of the kernels of ``loss`` (and of its default parameters' variant) for inputs of ``dtype``."""
@@ -521,14 +517,9 @@ class CudaRowReduce:
 
     # -- a call ----------------------------------------------------------------------------------
 
-    def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False):
-        L = ROWREDUCE._layout(spec)
-        pl = device.Placement(spec.name, L.names[0], inputs[0])
-        with pl.active():
-            return self._run(pl, spec, L, inputs, params, weight, reduction, need_value, need_grad, out, stats)
-
-    def _run(self, pl, spec, L, inputs, params, weight, reduction, need_value, need_grad, out, stats):
+    def _run(self, pl, spec, inputs, params, weight, reduction, need_value, need_grad, out, stats):
         name = spec.name
+        L = ROWREDUCE._layout(spec)
         views = [pl.first]
         for nm, x in zip(L.names[1:], inputs[1:]):
             v = pl.view(nm, x)
@@ -624,25 +615,11 @@ class CudaRowReduce:
             partials = launch(pl, kernel, xs, ys, w, bw, [g for _, g, _ in gbufs], loss_rows, kparams, scale, wsum,
                               flags, check=check, bad=bad)
 
-        value = None
-        if need_value:
-            value = reduced_value(pl, reduction, loss_native, partials, n, out_dtype, scale, wsum, flags)
-
-        grads = ()
-        rows = []
-        if need_grad:
-            grads = []
-            for j, k in enumerate(L.diff):
-                native, g, direct = gbufs[j]
-                flat = device.reshaped(g, (n * d,))
-                if stats:
-                    rows.append(grad_stats(pl, flat, n * d))
-                if direct:
-                    grads.append(outs[j][0])
-                else:
-                    grads.append(finish_grad(pl, native, flat, shape, views[k], views[k], outs[j]))
-            grads = tuple(grads)
-        return Result(value, grads, device_stats(pl, rows) if stats else None)
+        value = (reduced_value(pl, reduction, loss_native, partials, n, out_dtype, scale, wsum, flags)
+                 if need_value else None)
+        flat = [(native, device.reshaped(g, (n * d,)), direct) for native, g, direct in gbufs] if need_grad else []
+        diff = [views[k] for k in L.diff]
+        return result(pl, value, flat, shape, diff, diff, outs, stats)
 
     @staticmethod
     def _rows(pl, v, shape, n: int, d: int):

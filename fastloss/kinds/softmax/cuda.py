@@ -44,7 +44,7 @@ from numba import cuda, float32, float64, int64
 
 from ..._call import Result, check_outs, checked_domains, grad_dtype, mean_scale
 from ..._flags import NEED_AUX, NEED_GRAD, PER_ROW, SCALE_BY_DENOM
-from ..._spec import LossSpec, Param
+from ..._spec import LossSpec
 from ..._validate import compute_dtype
 from ...device import arrays as device
 from ...device import config, kernels
@@ -497,7 +497,7 @@ def row_threads(nc: int) -> int:
     return min(want, config.ROW_THREADS)
 
 
-class CudaRowwise:
+class CudaRowwise(_kinds.CudaKind):
     """The rowwise kind for CUDA arrays (same contract as :class:`fastloss.kinds.softmax.host.RowwiseKind`)."""
 
     name = "rowwise"
@@ -507,9 +507,6 @@ class CudaRowwise:
         self._builds: dict[tuple, _Build] = {}
         self._kernels: dict[tuple, object] = {}
         self._lock = threading.Lock()
-
-    def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
-        return ()
 
     def mode(self, spec: LossSpec) -> str:
         func = getattr(spec.kernel, "py_func", spec.kernel)
@@ -557,11 +554,6 @@ class CudaRowwise:
         return {f"rowwise_{mode}": cuda.compile_ptx(fn, sig, cc=cc, launch_bounds=launch_bounds(threads))[0]}
 
     # -- a call ----------------------------------------------------------------------------------
-
-    def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False):
-        pl = device.Placement(spec.name, spec.inputs[0].name, inputs[0])
-        with pl.active():
-            return self._run(pl, spec, inputs, params, weight, reduction, need_value, need_grad, out, stats)
 
     def _run(self, pl, spec, inputs, params, weight, reduction, need_value, need_grad, out, stats):
         name = spec.name
