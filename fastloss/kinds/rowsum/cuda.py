@@ -526,19 +526,9 @@ class CudaRowReduce(_kinds.CudaKind):
             if isinstance(x, _SCALARS):  # a number: 0-d, as np.asarray gives the CPU kind
                 v = device.with_shape(v, ())
             views.append(v)
-        first = L.aligned[0]
-        shape = tuple(views[first].shape)
-        for k in L.aligned[1:]:
-            if tuple(views[k].shape) != shape:
-                raise ValueError(
-                    f"{name}: {L.names[k]} has shape {tuple(views[k].shape)} but {L.names[first]} has shape {shape}; "
-                    "row-aligned inputs must have the same shape (the same rows, of the same length)"
-                )
-        lead, d = ROWREDUCE._row_shape(name, L, shape, L.names[first])
+        shape, lead, d = ROWREDUCE._shapes(name, L, views)
         n = math.prod(lead)
-        for k in L.per_row:
-            ROWREDUCE._check_row_input(name, L.names[k], views[k], lead)
-        x0 = views[first]
+        x0 = views[L.aligned[0]]
         out_dtype = grad_dtype(x0)
 
         # -- shapes and buffers (host checks) ------------------------------------------------------
