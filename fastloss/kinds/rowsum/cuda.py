@@ -117,11 +117,13 @@ class _Source:
         call = f"m = _map({self.j}, {self.elems}{self.pargs})"
         return [call, *(f"a{k} += float64(m[{k}])" for k in range(self.a.sums))]
 
-    def to_shared(self):
-        return [f"buf[{k}, t] = a{k}" for k in range(self.a.sums)]
-
-    def tree(self):
-        return [f"buf[{k}, t] += buf[{k}, t + half]" for k in range(self.a.sums)]
+    def fold(self, width: str, index: str):
+        """The sums ``a0, a1, ...`` of each group of ``width`` threads folded in a fixed tree order
+        into ``buf[k, t]`` of the group's first thread (``index``: the thread's place in its group)."""
+        to_shared = [f"buf[{k}, t] = a{k}" for k in range(self.a.sums)]
+        tree = [f"        buf[{k}, t] += buf[{k}, t + half]" for k in range(self.a.sums)]
+        return [*to_shared, "cuda.syncthreads()", f"half = {width} >> uint64(1)", "while half > uint64(0):",
+                f"    if {index} < half:", *tree, "    cuda.syncthreads()", "    half >>= uint64(1)"]
 
     def row_values(self):
         return [f"yv{k} = float64(y{k}[r * b{k}])" for k in range(self.a.rows)]
@@ -149,6 +151,20 @@ _SCALE = '''
     if flags & SCALE_BY_WSUM:  # weighted mean: the weight sum was reduced on the device
         ws = wsum[0]
         s = 1.0 / ws if ws != 0.0 else math.inf'''
+
+#: the loop over tasks (row r, piece [lo, hi) of it), one block per task
+_TASKS = '''
+    ntask = n * npieces
+    q = uint64(cuda.blockIdx.x)
+    while q < ntask:
+        r = q // npieces
+        lo = (q - r * npieces) * piece
+        hi = min(lo + piece, d)'''
+
+_BLOCK_TOTAL = '''
+    total = block_sum(acc)
+    if t == uint64(0):
+        partials[cuda.blockIdx.x] = total'''
 
 
 def fused_source(a: Arity) -> str:
@@ -188,22 +204,12 @@ def fused(n, d, shift, {src.xs}{src.ys}w, bw, {src.gs}loss_rows, {src.ps}scale, 
             while j < d:
 {_ind(src.accumulate(), 16)}
                 j += tpr
-{_ind(src.to_shared(), 8)}
-        cuda.syncthreads()
-        half = tpr >> uint64(1)
-        while half > uint64(0):
-            if lane < half:
-{_ind(src.tree(), 16)}
-            cuda.syncthreads()
-            half >>= uint64(1)
+{_ind(src.fold("tpr", "lane"), 8)}
         sums = ({", ".join(f"buf[{k}, lead]" for k in range(a.sums))},)
         cuda.syncthreads()
         if active:
 {_ind(row, 12)}
-        base += step
-    total = block_sum(acc)
-    if t == uint64(0):
-        partials[cuda.blockIdx.x] = total
+        base += step{_BLOCK_TOTAL}
 '''
 
 
@@ -214,26 +220,13 @@ def piece_sums_source(a: Arity) -> str:
 def piece_sums(n, d, npieces, piece, {src.xs}{src.ps}part):
     """part[q] = the K sums of task q = (row, piece), one block per task (uint64 indices)."""
     buf = cuda.shared.array(({a.sums}, THREADS), float64)
-    t = uint64(cuda.threadIdx.x)
-    ntask = n * npieces
-    q = uint64(cuda.blockIdx.x)
-    while q < ntask:
-        r = q // npieces
-        lo = (q - r * npieces) * piece
-        hi = min(lo + piece, d)
+    t = uint64(cuda.threadIdx.x){_TASKS}
 {_ind(src.zero(), 8)}
         j = lo + t
         while j < hi:
 {_ind(src.accumulate(), 12)}
             j += uint64(THREADS)
-{_ind(src.to_shared(), 8)}
-        cuda.syncthreads()
-        half = uint64(THREADS) >> uint64(1)
-        while half > uint64(0):
-            if t < half:
-{_ind(src.tree(), 16)}
-            cuda.syncthreads()
-            half >>= uint64(1)
+{_ind(src.fold("uint64(THREADS)", "t"), 8)}
         if t == uint64(0):
 {_ind(store, 12)}
         cuda.syncthreads()
@@ -265,10 +258,7 @@ def piece_rows(n, npieces, part, {src.ys}w, bw, sums, loss_rows, {src.ps}flags, 
         for p in range(npieces):
 {_ind(add, 12)}
 {_ind(row, 8)}
-        r += step
-    total = block_sum(acc)
-    if t == uint64(0):
-        partials[cuda.blockIdx.x] = total
+        r += step{_BLOCK_TOTAL}
 '''
 
 
@@ -283,13 +273,7 @@ def piece_grads(n, d, npieces, piece, {src.xs}{src.ys}w, bw, {src.gs}sums, {src.
     """One block per task (row, piece): the row finished again from its sums, its gradients written."""
     t = uint64(cuda.threadIdx.x){_SCALE}
     weighted = w.size > 0
-    check_rows = (flags & CHECK_ROWS) != 0
-    ntask = n * npieces
-    q = uint64(cuda.blockIdx.x)
-    while q < ntask:
-        r = q // npieces
-        lo = (q - r * npieces) * piece
-        hi = min(lo + piece, d)
+    check_rows = (flags & CHECK_ROWS) != 0{_TASKS}
 {_ind(row, 8)}
         q += uint64(cuda.gridDim.x)
 '''

@@ -364,16 +364,19 @@ _TEMPLATE_ROW = '''
                 lb[1] = v
 '''
 
+#: a finished row's loss (and auxiliary part) added to the thread's sums and, per row, stored
+_ROW_TOTALS = '''acc += lb[0]
+if per_row:
+    loss_rows[r] = lb[0]
+if need_aux:
+    acc_aux += lb[1]
+    if per_row:
+        loss_rows[n + r] = lb[1]'''
+
 _BLOCK = _TEMPLATE_HEAD + '''    for r in range(cuda.blockIdx.x, n, cuda.gridDim.x):
 {row}
         if tid == 0:
-            acc += lb[0]
-            if per_row:
-                loss_rows[r] = lb[0]
-            if need_aux:
-                acc_aux += lb[1]
-                if per_row:
-                    loss_rows[n + r] = lb[1]
+{totals}
     if tid == 0:
         partials[cuda.blockIdx.x] = acc
         if need_aux:
@@ -384,13 +387,7 @@ _THREAD = _TEMPLATE_HEAD + '''    r = int64(cuda.blockIdx.x) * THREADS + tid
     step = int64(cuda.gridDim.x) * THREADS
     while r < n:
 {row}
-        acc += lb[0]
-        if per_row:
-            loss_rows[r] = lb[0]
-        if need_aux:
-            acc_aux += lb[1]
-            if per_row:
-                loss_rows[n + r] = lb[1]
+{totals}
         r += step
     total = block_sum(acc)
     if tid == 0:
@@ -424,7 +421,8 @@ def driver_source(mode: str, n_params: int) -> str:
     block = mode == "block"
     row = _TEMPLATE_ROW.format(args=", ".join(names), sync="cuda.syncthreads()" if block else "pass",
                                first="tid" if block else "0", stride="THREADS" if block else "1")
-    return (_BLOCK if block else _THREAD).format(params="".join(f"{p}, " for p in names), row=row)
+    totals = textwrap.indent(_ROW_TOTALS, " " * (12 if block else 8))
+    return (_BLOCK if block else _THREAD).format(params="".join(f"{p}, " for p in names), row=row, totals=totals)
 
 
 class _Build:
