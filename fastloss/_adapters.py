@@ -24,9 +24,35 @@ involved (``per_sample_shape``, ``cotangent_shape``): see :mod:`fastloss.kinds.b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import cache
+from typing import Any
 
+from ._registry import REGISTRY
 from .kinds import KINDS
+
+
+def module_attributes(module: str, namespace: dict[str, Any], wrap: Callable) -> tuple[Callable, Callable]:
+    """The ``__getattr__`` and ``__dir__`` of an adapter module: ``<module>.<loss>`` is ``wrap``
+    of the registered loss of that name, made on first use and kept.
+
+    ``module`` is the adapter's ``__name__`` and ``namespace`` its ``globals()``.
+    """
+
+    @cache
+    def registered(name: str) -> Callable:
+        return wrap(REGISTRY[name])
+
+    def __getattr__(name: str):
+        if name in REGISTRY:
+            return registered(name)
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted([*namespace, *REGISTRY])
+
+    return __getattr__, __dir__
+
 
 #: Parameters that change what a loss returns (a tuple instead of one value): the adapters refuse
 #: them, since an autograd function returns one differentiable loss.

@@ -52,12 +52,17 @@ class Loss:
             result = fast(args, kwargs)
             if result is not NotImplemented:
                 return result
-        inputs, params, weight, reduction, _, _ = self._bind(args, kwargs, with_out=False)
+        return self._run(args, kwargs, need_value=True, need_grad=False, with_out=False)[0][0]
+
+    def _run(self, args: tuple, kwargs: dict[str, Any], *, need_value: bool, need_grad: bool, with_out: bool):
+        """The general path of a call (every check, then the kind's ``run``): ``(result, stats)``."""
+        inputs, params, weight, reduction, out, stats = self._bind(args, kwargs, with_out=with_out)
         spec, inputs, params = self._as_inputs(inputs, params)
-        result = select_kind(self._kind, spec, inputs, weight, None).run(
-            spec, inputs, params, weight, reduction, need_value=True, need_grad=False, out=None
+        result = select_kind(self._kind, spec, inputs, weight, out).run(
+            spec, inputs, params, weight, reduction,
+            need_value=need_value, need_grad=need_grad, out=out, stats=bool(stats),
         )
-        return result[0]
+        return result, stats
 
     def _method(self, name: str, *, need_value: bool, with_out: bool):
         single = len(self.spec.differentiable) == 1
@@ -68,12 +73,7 @@ class Loss:
                 result = fast(args, kwargs)
                 if result is not NotImplemented:
                     return result
-            inputs, params, weight, reduction, out, stats = self._bind(args, kwargs, with_out=with_out)
-            spec, inputs, params = self._as_inputs(inputs, params)
-            result = select_kind(self._kind, spec, inputs, weight, out).run(
-                spec, inputs, params, weight, reduction,
-                need_value=need_value, need_grad=True, out=out, stats=bool(stats),
-            )
+            result, stats = self._run(args, kwargs, need_value=need_value, need_grad=True, with_out=with_out)
             g = result[1][0] if single else tuple(result[1])
             head = (result[0], g) if need_value else (g,)
             if stats:

@@ -39,7 +39,6 @@ except ImportError as exc:  # say how to get it: the extra installs the version 
 from . import _adapters
 from ._api import Loss
 from ._call import signed_weights
-from ._registry import REGISTRY
 
 __all__ = ["wrap"]
 
@@ -183,16 +182,4 @@ def _vjp_function(loss: Loss, params: tuple, reduction: str, present: tuple[int,
     return fn
 
 
-@cache
-def _registered(name: str) -> Callable[..., jax.Array]:
-    return wrap(REGISTRY[name])
-
-
-def __getattr__(name: str):
-    if name in REGISTRY:
-        return _registered(name)
-    raise AttributeError(f"module 'fastloss.jax' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *REGISTRY])
+__getattr__, __dir__ = _adapters.module_attributes(__name__, globals(), wrap)

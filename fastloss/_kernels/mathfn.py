@@ -130,6 +130,13 @@ PF2 = 0.04166685334562825
 PF3 = 0.008363140379555377
 PF4 = 0.0013901285063337534
 
+# the polynomials, highest degree first (see _horner)
+EXP_P = (P10, P9, P8, P7, P6, P5, P4, P3, P2, P1, P0)
+LOG_Q = (Q6, Q5, Q4, Q3, Q2, Q1, Q0)
+POW_U = (U8, U7, U6, U5, U4, U3, U2, U1)
+TANH_T = (T10, T9, T8, T7, T6, T5, T4, T3, T2, T1, T0)
+EXP_F32_P = (PF4, PF3, PF2, PF1, PF0)
+
 NAN = float("nan")
 INF = float("inf")
 
@@ -141,6 +148,27 @@ def _fma(typingctx, a, b, c):
 
     def codegen(context, builder, signature, args):
         return builder.fma(*args)
+
+    return sig, codegen
+
+
+@intrinsic
+def _horner(typingctx, x, coefs):
+    """``(...(c[0] x + c[1]) x + ...) x + c[-1]`` for a tuple ``coefs`` of float64 constants.
+
+    An intrinsic: the multiply-adds are emitted in that order straight into the caller (one
+    ``p = p * x + c`` per coefficient, as written out by hand), so it compiles nothing of its own.
+    """
+    sig = types.float64(x, coefs)
+
+    def codegen(context, builder, signature, args):
+        xv = context.cast(builder, args[0], signature.args[0], types.float64)
+        ctys = signature.args[1]
+        p = context.cast(builder, builder.extract_value(args[1], 0), ctys[0], types.float64)
+        for k in range(1, len(ctys)):
+            c = context.cast(builder, builder.extract_value(args[1], k), ctys[k], types.float64)
+            p = builder.fadd(builder.fmul(p, xv), c)
+        return p
 
     return sig, codegen
 
@@ -176,18 +204,7 @@ def _reduce(x):
 @_fn
 def _exp_tail(r):
     """``r^2 P(r)`` with ``e^r = 1 + r + r^2 P(r)``."""
-    p = P10
-    p = p * r + P9
-    p = p * r + P8
-    p = p * r + P7
-    p = p * r + P6
-    p = p * r + P5
-    p = p * r + P4
-    p = p * r + P3
-    p = p * r + P2
-    p = p * r + P1
-    p = p * r + P0
-    return r * r * p
+    return r * r * _horner(r, EXP_P)
 
 
 @_fn
@@ -231,30 +248,30 @@ def expm1(x):
 
 
 @_fn
-def _log1p_reduced(u, cu):
-    """``log(u) + cu`` for finite ``u > 0``, ``cu`` a small correction (``c / u`` for ``log(u + c)``).
-
-    The caller divides, so that a plain ``log`` (``cu = 0``) does not pay for a division by ``u``.
-    """
-    small = u < MIN_NORMAL
-    us = u * TWO54 if small else u
-    ix = _bits(us)
+def _split(x):
+    """``(e, f)`` with ``x = 2^e (1 + f)`` and ``1 + f`` in ``[sqrt(1/2), sqrt(2))``, for finite ``x > 0``
+    (subnormals included); ``f`` is exact."""
+    small = x < MIN_NORMAL
+    xs = x * TWO54 if small else x
+    ix = _bits(xs)
     e = (ix >> 52) - (1023 + 54 if small else 1023)
     m = _from_bits((ix & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)  # in [1, 2)
     big = m > SQRT2
     m = m * 0.5 if big else m
     e = e + 1 if big else e
-    f = m - 1.0  # exact, in [sqrt(1/2) - 1, sqrt(2) - 1)
+    return e, m - 1.0  # f exact, in [sqrt(1/2) - 1, sqrt(2) - 1)
+
+
+@_fn
+def _log1p_reduced(u, cu):
+    """``log(u) + cu`` for finite ``u > 0``, ``cu`` a small correction (``c / u`` for ``log(u + c)``).
+
+    The caller divides, so that a plain ``log`` (``cu = 0``) does not pay for a division by ``u``.
+    """
+    e, f = _split(u)
     s = f / (2.0 + f)
     z = s * s
-    q = Q6
-    q = q * z + Q5
-    q = q * z + Q4
-    q = q * z + Q3
-    q = q * z + Q2
-    q = q * z + Q1
-    q = q * z + Q0
-    R = z * q
+    R = z * _horner(z, LOG_Q)
     hfsq = 0.5 * f * f
     kf = np.float64(e)
     # log(1 + f) = f - hfsq + s (hfsq + R): the large terms f - hfsq are added last
@@ -286,15 +303,7 @@ def log1p(x):
 @_fn
 def _log_dd(x):
     """``log(x) = hi + lo`` to about 2^-64 relative, for finite ``x > 0`` (what ``pow`` needs)."""
-    small = x < MIN_NORMAL
-    xs = x * TWO54 if small else x
-    ix = _bits(xs)
-    e = (ix >> 52) - (1023 + 54 if small else 1023)
-    m = _from_bits((ix & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)
-    big = m > SQRT2
-    m = m * 0.5 if big else m
-    e = e + 1 if big else e
-    f = m - 1.0
+    e, f = _split(x)
     # s = f / (2 + f) in double-double: f - 2 s_hi is exact (Sterbenz), the fma rounds once
     s_hi = f / (2.0 + f)
     s_lo = _fma(-s_hi, f, f - 2.0 * s_hi) / (2.0 + f)
@@ -304,15 +313,7 @@ def _log_dd(x):
     s3_lo = _fma(s_hi, z_hi, -s3_hi) + (s_hi * z_lo + 3.0 * z_hi * s_lo)
     c3_hi = TWO_THIRDS * s3_hi
     c3_lo = _fma(TWO_THIRDS, s3_hi, -c3_hi) + (TWO_THIRDS * s3_lo + TWO_THIRDS_LO * s3_hi)
-    u = U8
-    u = u * z_hi + U7
-    u = u * z_hi + U6
-    u = u * z_hi + U5
-    u = u * z_hi + U4
-    u = u * z_hi + U3
-    u = u * z_hi + U2
-    u = u * z_hi + U1
-    rest = s3_hi * z_hi * u  # below 4e-4 of the result: plain rounding is accurate enough
+    rest = s3_hi * z_hi * _horner(z_hi, POW_U)  # below 4e-4 of the result: plain rounding is accurate enough
     kf = np.float64(e)
     a = kf * LN2_HI  # exact
     b = 2.0 * s_hi
@@ -399,18 +400,7 @@ def tanh(x):
     """Hyperbolic tangent for float64, within 1.5 ulp (odd, ``tanh(-0.0) = -0.0``)."""
     a = abs(x)
     z = a * a
-    p = T10
-    p = p * z + T9
-    p = p * z + T8
-    p = p * z + T7
-    p = p * z + T6
-    p = p * z + T5
-    p = p * z + T4
-    p = p * z + T3
-    p = p * z + T2
-    p = p * z + T1
-    p = p * z + T0
-    t_small = a + a * z * p
+    t_small = a + a * z * _horner(z, TANH_T)
     # above TANH_POLY: 1 - q with q = 2 e / (1 + e) < 1/2, e = e^-2a carried in double-double, so the
     # subtraction loses nothing; e^-2a is also what softplus(-2a) computes (log_cosh shares it)
     e, e_lo = _exp_neg_dd(2.0 * a)
@@ -485,12 +475,7 @@ def exp_f32(x):
     kf = t - SHIFT
     k = _bits(t) - SHIFT_BITS
     r = xc - kf * LN2_HI - kf * LN2_LO
-    p = PF4
-    p = p * r + PF3
-    p = p * r + PF2
-    p = p * r + PF1
-    p = p * r + PF0
-    p = 1.0 + (r + r * r * p)
+    p = 1.0 + (r + r * r * _horner(r, EXP_F32_P))
     k1 = k >> 1
     y = p * _pow2(k1) * _pow2(k - k1)
     return y if x == x else x

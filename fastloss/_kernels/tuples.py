@@ -80,24 +80,29 @@ def slices(typingctx, xs, lo, hi):
     return sig, codegen
 
 
-@intrinsic
-def scatter(typingctx, gs, i, res, scale):
-    """``gs[k][i] = res[k + 1] * scale`` (in float64, stored as the array's dtype) for every ``k``."""
-    sig = types.none(gs, i, res, scale)
+def scaled_store(first: int):
+    """The codegen of an intrinsic ``(gs, i, vals, scale)`` that stores ``gs[k][i] = vals[first + k] * scale``
+    (in float64, stored as the array's dtype) for every array ``k`` of the tuple ``gs``."""
 
     def codegen(context, builder, sig, args):
-        tup, idx, rtup, sc = args
+        tup, idx, vtup, sc = args
         idx = context.cast(builder, idx, sig.args[1], types.intp)
         sc = context.cast(builder, sc, sig.args[3], types.float64)
-        rtypes = sig.args[2].types
+        vtypes = sig.args[2].types
         for k, aryty in enumerate(sig.args[0]):
-            r = context.cast(builder, builder.extract_value(rtup, k + 1), rtypes[k + 1], types.float64)
+            r = context.cast(builder, builder.extract_value(vtup, first + k), vtypes[first + k], types.float64)
             v = context.cast(builder, builder.fmul(r, sc), types.float64, aryty.dtype)
             ptr = _item_pointer(context, builder, aryty, builder.extract_value(tup, k), idx)
             store_item(context, builder, aryty, v, ptr)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+@intrinsic
+def scatter(typingctx, gs, i, res, scale):
+    """``gs[k][i] = res[k + 1] * scale`` (in float64, stored as the array's dtype) for every ``k``."""
+    return types.none(gs, i, res, scale), scaled_store(1)
 
 
 @intrinsic

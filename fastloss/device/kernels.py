@@ -42,8 +42,9 @@ def grid_step():
     return uint64(cuda.gridDim.x) * uint64(THREADS)
 
 
-def block_sum(v):
-    """Sum of ``v`` over the block, in a fixed tree order (float64 shared memory)."""
+def block_fold(v, largest):
+    """``v`` folded over the block in a fixed tree order (float64 shared memory): the sum, or the
+    largest value when ``largest`` (NaN-free inputs)."""
     buf = cuda.shared.array(THREADS, float64)
     t = cuda.threadIdx.x
     buf[t] = v
@@ -51,7 +52,7 @@ def block_sum(v):
     half = THREADS // 2
     while half > 0:
         if t < half:
-            buf[t] += buf[t + half]
+            buf[t] = max(buf[t], buf[t + half]) if largest else buf[t] + buf[t + half]
         cuda.syncthreads()
         half //= 2
     total = buf[0]
@@ -59,21 +60,14 @@ def block_sum(v):
     return total
 
 
+def block_sum(v):
+    """Sum of ``v`` over the block, in a fixed tree order."""
+    return block_fold(v, False)
+
+
 def block_max(v):
     """Largest ``v`` over the block (NaN-free inputs)."""
-    buf = cuda.shared.array(THREADS, float64)
-    t = cuda.threadIdx.x
-    buf[t] = v
-    cuda.syncthreads()
-    half = THREADS // 2
-    while half > 0:
-        if t < half:
-            buf[t] = max(buf[t], buf[t + half])
-        cuda.syncthreads()
-        half //= 2
-    total = buf[0]
-    cuda.syncthreads()
-    return total
+    return block_fold(v, True)
 
 
 # -- kernels -----------------------------------------------------------------------------------
@@ -221,39 +215,29 @@ def sum_to(m, src, out, full, target):
 # -- generated per number of dimensions --------------------------------------------------------
 
 
-def _gather_source(src_ndim: int, ndim: int) -> str:
-    """``dst[i] = src[multi-index of i in shape]``, ``src`` broadcast from the trailing axes."""
-    lines = [
-        "def gather(n, src, dst, shape, keep):",
-        "    i = grid_start()",
-        "    step = grid_step()",
-        "    while i < n:",
-        "        r = i",
-    ]
+def _per_index_source(signature: str, ndim: int, statement: str) -> str:
+    """A grid-stride kernel ``def signature:`` running ``statement`` for every ``i < n``, with
+    ``i0, ..., i{ndim-1}`` the multi-index of ``i`` in ``shape``."""
+    lines = [f"def {signature}:", "    i = grid_start()", "    step = grid_step()", "    while i < n:", "        r = i"]
     for d in reversed(range(ndim)):
         lines += [f"        i{d} = r % shape[{d}]", f"        r //= shape[{d}]"]
-    idx = ", ".join(f"i{d} * keep[{d}]" for d in range(ndim - src_ndim, ndim))
-    lines += [f"        dst[i] = src[{idx or '()'}]", "        i += step"]
+    lines += [f"        {statement}", "        i += step"]
     return "\n".join(lines) + "\n"
+
+
+def _gather_source(src_ndim: int, ndim: int) -> str:
+    """``dst[i] = src[multi-index of i in shape]``, ``src`` broadcast from the trailing axes."""
+    idx = ", ".join(f"i{d} * keep[{d}]" for d in range(ndim - src_ndim, ndim))
+    return _per_index_source("gather(n, src, dst, shape, keep)", ndim, f"dst[i] = src[{idx or '()'}]")
 
 
 def _scatter_source(ndim: int) -> str:
     """``dst[multi-index of i] = src[i]`` into a strided ``dst``."""
-    lines = [
-        "def scatter(n, src, dst, shape):",
-        "    i = grid_start()",
-        "    step = grid_step()",
-        "    while i < n:",
-        "        r = i",
-    ]
-    for d in reversed(range(ndim)):
-        lines += [f"        i{d} = r % shape[{d}]", f"        r //= shape[{d}]"]
     idx = ", ".join(f"i{d}" for d in range(ndim))
-    lines += [f"        dst[{idx or '()'}] = src[i]", "        i += step"]
-    return "\n".join(lines) + "\n"
+    return _per_index_source("scatter(n, src, dst, shape)", ndim, f"dst[{idx or '()'}] = src[i]")
 
 
-DEVICE_FUNCTIONS = (grid_start, grid_step, block_sum, block_max)
+DEVICE_FUNCTIONS = (grid_start, grid_step, block_fold, block_sum, block_max)
 KERNELS = (fill, finalize, sum_values, grad_stats, first_not_in, first_outside, check_labels, sum_to)
 
 

@@ -37,15 +37,22 @@ def backend(framework: str, pl: device.Placement):
     return {"torch": _Torch, "cupy": _CuPy, "numba": _Numba}[framework](pl)
 
 
-class _Torch:
-    def __init__(self, pl: device.Placement) -> None:
-        import torch
+class _Framework:
+    """A backend over the arrays of the placement's framework (``pl.empty`` allocates them)."""
 
-        self.torch = torch
+    def __init__(self, pl: device.Placement) -> None:
         self.pl = pl
 
     def empty(self, shape, dtype):
         return self.pl.empty(shape, dtype)[0]
+
+
+class _Torch(_Framework):
+    def __init__(self, pl: device.Placement) -> None:
+        import torch
+
+        super().__init__(pl)
+        self.torch = torch
 
     def zeros(self, shape, dtype):
         return self.empty(shape, dtype).zero_()
@@ -83,15 +90,12 @@ class _Torch:
         return a.reshape(shape)
 
 
-class _CuPy:
+class _CuPy(_Framework):
     def __init__(self, pl: device.Placement) -> None:
         import cupy
 
+        super().__init__(pl)
         self.cp = cupy
-        self.pl = pl
-
-    def empty(self, shape, dtype):
-        return self.pl.empty(shape, dtype)[0]
 
     def zeros(self, shape, dtype):
         a = self.empty(shape, dtype)

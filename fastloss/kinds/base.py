@@ -8,7 +8,8 @@ through :func:`fastloss.kinds.select_kind`.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 from .._call import Result
 from .._spec import LossSpec, Param
@@ -58,6 +59,44 @@ class Kind(Protocol):
 
     def cotangent_shape(self, spec: LossSpec, params: dict, value_shape, grad_ndim: int) -> tuple[int, ...]:
         """A per-sample cotangent reshaped to broadcast over a gradient of ``grad_ndim`` axes."""
+
+
+_L = TypeVar("_L")
+
+
+class Layouts(Generic[_L]):
+    """A kind's per-loss layout (what it reads from a declaration once), built on first use.
+
+    ``layouts(spec)`` returns ``build(spec)``, memoised by the spec's identity. The memo keeps the
+    spec alive with its layout, so that its id is never reused by another spec.
+    """
+
+    def __init__(self, build: Callable[[LossSpec], _L]) -> None:
+        self._build = build
+        self._memo: dict[int, tuple[LossSpec, _L]] = {}
+
+    def __call__(self, spec: LossSpec) -> _L:
+        hit = self._memo.get(id(spec))
+        if hit is None:
+            hit = self._memo[id(spec)] = (spec, self._build(spec))
+        return hit[1]
+
+
+class CudaKind:
+    """What the CUDA sides of the kinds share: no keyword options of their own, and ``run``, which
+    makes the device of the first input current (its context and stream, see
+    :class:`fastloss.device.arrays.Placement`) for ``_run(pl, spec, inputs, params, weight, reduction,
+    need_value, need_grad, out, stats)``."""
+
+    def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
+        return ()
+
+    def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False):
+        from ..device import arrays as device  # imports numba.cuda: CUDA calls only
+
+        pl = device.Placement(spec.name, spec.inputs[0].name, inputs[0])
+        with pl.active():
+            return self._run(pl, spec, inputs, params, weight, reduction, need_value, need_grad, out, stats)
 
 
 KINDS: dict[str, Kind] = {}

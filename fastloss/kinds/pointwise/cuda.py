@@ -46,7 +46,7 @@ from ..._call import (
     warn_column_broadcast,
 )
 from ..._flags import NEED_GRAD, PER_ELEMENT, SCALE_BY_WSUM
-from ..._spec import Discrete, LossSpec, Param
+from ..._spec import Discrete, LossSpec
 from ..._validate import broadcast_shape, check_weight_shape, compute_dtype
 from ...device import arrays as device
 from ...device import kernels
@@ -125,18 +125,15 @@ class _Layout:
         self.domains = checked_domains(spec, {}) if spec.domains is None else None
 
 
-class CudaPointwise:
+class CudaPointwise(_kinds.CudaKind):
     """The pointwise kind for CUDA arrays (same contract as :class:`fastloss.kinds.pointwise.host.PointwiseKind`)."""
 
     name = "pointwise"
 
     def __init__(self) -> None:
         self._kernels: dict[tuple, object] = {}
-        self._layouts: dict[int, _Layout] = {}
+        self._layout = _kinds.Layouts(_Layout)
         self._lock = threading.Lock()
-
-    def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
-        return ()
 
     def kernel(self, spec: LossSpec, real: str, n_params: int):
         """The fused kernel of ``spec`` computing in ``real``, compiled lazily and memoised."""
@@ -187,22 +184,11 @@ class CudaPointwise:
         sig += [from_dtype(real)] * n_params + [f64, arr(np.float64), i64, arr(np.float64)]
         return {"pointwise": cuda.compile_ptx(fn, tuple(sig), cc=cc)[0]}
 
-    def _layout(self, spec: LossSpec) -> _Layout:
-        layout = self._layouts.get(id(spec))  # the dict keeps the layout, the layout nothing of the spec
-        if layout is None:
-            layout = self._layouts[id(spec)] = _Layout(spec)
-        return layout
-
     # -- a call ----------------------------------------------------------------------------
 
-    def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False):
-        layout = self._layout(spec)
-        pl = device.Placement(spec.name, layout.names[0], inputs[0])
-        with pl.active():
-            return self._run(pl, spec, layout, inputs, params, weight, reduction, need_value, need_grad, out, stats)
-
-    def _run(self, pl, spec, layout, inputs, params, weight, reduction, need_value, need_grad, out, stats):
+    def _run(self, pl, spec, inputs, params, weight, reduction, need_value, need_grad, out, stats):
         name = spec.name
+        layout = self._layout(spec)
         originals = [pl.first] + [pl.view(n, x) for n, x in zip(layout.names[1:], inputs[1:])]
         views = _adapt(spec, layout.adapt, originals) if layout.adapt is not None else originals
         shape = tuple(broadcast_shape(name, layout.names, views))
@@ -279,24 +265,10 @@ class CudaPointwise:
             args += [w, U(bw), *(g for _, g, _ in gbufs), loss_out, *kparams, scale, wsum, flags, partials]
             kern[blocks, threads, pl.stream](*args)
 
-        value = None
-        if need_value:
-            value = reduced_value(pl, reduction, loss_native, partials, n, out_dtype, scale, wsum, flags)
-
-        grads = ()
-        stat_rows = []
-        if need_grad:
-            grads = []
-            for j, k in enumerate(layout.diff):
-                native, g, direct = gbufs[j]
-                if stats:
-                    stat_rows.append(grad_stats(pl, g, n))
-                if direct:
-                    grads.append(outs[j][0])  # the kernel wrote straight into out=
-                else:
-                    grads.append(finish_grad(pl, native, g, shape, views[k], originals[k], outs[j]))
-            grads = tuple(grads)
-        return Result(value, grads, device_stats(pl, stat_rows) if stats else None)
+        value = (reduced_value(pl, reduction, loss_native, partials, n, out_dtype, scale, wsum, flags)
+                 if need_value else None)
+        return result(pl, value, gbufs if need_grad else [], shape, [views[k] for k in layout.diff],
+                      [originals[k] for k in layout.diff], outs, stats)
 
 
 def _adapt(spec: LossSpec, adapt, views):
@@ -363,6 +335,23 @@ def grad_stats(pl, g, n):
     else:
         rows = pl.empty((0, 3), _F64)[1]
     return rows
+
+
+def result(pl, value, gbufs, shape, adapted, originals, outs, stats: bool) -> Result:
+    """A call's :class:`~fastloss._call.Result`: ``value`` and the gradients from the buffers the kernels wrote.
+
+    ``gbufs``: ``(native or None, flat view, written straight into out=)`` per differentiable input
+    (empty without gradients); ``adapted``, ``originals`` and ``outs``: each input as the kernels
+    read it and as given, and its ``out=`` (see :func:`finish_grad`). With ``stats``, the
+    gradients' statistics too.
+    """
+    grads, rows = [], []
+    for (native, g, direct), a, o, out in zip(gbufs, adapted, originals, outs):
+        if stats:
+            rows.append(grad_stats(pl, g, int(g.size)))
+        # direct: the kernel wrote straight into out=
+        grads.append(out[0] if direct else finish_grad(pl, native, g, shape, a, o, out))
+    return Result(value, tuple(grads), device_stats(pl, rows) if stats else None)
 
 
 def finish_grad(pl, native, g, shape, adapted, original, out):

@@ -28,7 +28,7 @@ from ..._compile import scalar_kernel, specialise
 from ..._kernels import tuples
 from ..._spec import Discrete, LossSpec, Param
 from ..._validate import as_array, broadcast_shape, check_discrete, check_weight_shape, compute_dtype, outside
-from ..base import register_kind
+from ..base import Layouts, register_kind
 from . import cpu as pointwise_cpu
 
 _compile_lock = threading.Lock()
@@ -176,7 +176,7 @@ class PointwiseKind:
 
     def __init__(self) -> None:
         self._drivers: dict[tuple[Any, bool, bool], Any] = {}
-        self._layouts: dict[int, _Layout] = {}
+        self._layout = Layouts(_Layout)
 
     def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
         return ()
@@ -364,12 +364,6 @@ class PointwiseKind:
             return (value, g) if need_value else g
 
         return fast
-
-    def _layout(self, spec: LossSpec) -> _Layout:
-        layout = self._layouts.get(id(spec))  # the layout holds the spec, so its id is not reused
-        if layout is None:
-            layout = self._layouts[id(spec)] = _Layout(spec)
-        return layout
 
     def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False):
         name = spec.name

@@ -68,7 +68,7 @@ from ..._config import CHUNK
 
 # the driver's ``flags`` bits: one numbering for all
 from ..._flags import NEED_GRAD, NEED_STATS, NSUMS, PER_ROW, SPLIT, SUMS_ONLY
-from ..._kernels.tuples import _build, _item_pointer, chunk_stats, gather, no_stats, slices
+from ..._kernels.tuples import _build, _item_pointer, chunk_stats, gather, no_stats, scaled_store, slices
 
 #: Piece length of the row sums (part of the numerical contract, like ``CHUNK``).
 SEGMENT = CHUNK
@@ -508,19 +508,7 @@ def load(typingctx, row, like):
 @intrinsic
 def put(typingctx, gs, j, g, s):
     """``gs[k][j] = g[k] * s`` (in float64, stored as the array's dtype) for every gradient array ``k``."""
-    sig = types.none(gs, j, g, s)
-
-    def codegen(context, builder, sig, args):
-        tup, idx, gtup, sc = args
-        idx = _intp(context, builder, idx, sig.args[1])
-        sc = _f64(context, builder, sc, sig.args[3])
-        for k, aryty in enumerate(sig.args[0]):
-            v = builder.fmul(_f64(context, builder, builder.extract_value(gtup, k), sig.args[2][k]), sc)
-            ptr = _item_pointer(context, builder, aryty, builder.extract_value(tup, k), idx)
-            store_item(context, builder, aryty, context.cast(builder, v, types.float64, aryty.dtype), ptr)
-        return context.get_dummy_value()
-
-    return sig, codegen
+    return types.none(gs, j, g, s), scaled_store(0)
 
 
 def _acc_pointer(context, builder, aryty, acc, k, ln):

@@ -59,16 +59,15 @@ from dataclasses import dataclass
 import numpy as np
 from numba import cuda, float32, float64, int64, uint64
 
-from ..._call import Result, check_domain, check_outs, check_weight, checked_domains, grad_dtype, mean_scale
+from ..._call import check_domain, check_outs, check_weight, checked_domains, grad_dtype, mean_scale
 from ..._flags import CHECK_ROWS, NEED_GRAD, PER_ROW, SCALE_BY_WSUM
-from ..._spec import LossSpec, Param
 from ..._validate import check_weight_shape, compute_dtype
 from ...device import arrays as device
 from ...device import config, kernels
-from ...device.arrays import U, device_stats, reduced_value
+from ...device.arrays import U, reduced_value
 from ...device.checks import Checks
 from .. import base as _kinds
-from ..pointwise.cuda import _gathered, finish_grad, grad_stats, operand, sum_weights
+from ..pointwise.cuda import _gathered, operand, result, sum_weights
 from .host import ROWREDUCE, RowReduce
 
 #: Elements per thread the fused kernel aims at when it picks the threads per row.
@@ -118,11 +117,13 @@ class _Source:
         call = f"m = _map({self.j}, {self.elems}{self.pargs})"
         return [call, *(f"a{k} += float64(m[{k}])" for k in range(self.a.sums))]
 
-    def to_shared(self):
-        return [f"buf[{k}, t] = a{k}" for k in range(self.a.sums)]
-
-    def tree(self):
-        return [f"buf[{k}, t] += buf[{k}, t + half]" for k in range(self.a.sums)]
+    def fold(self, width: str, index: str):
+        """The sums ``a0, a1, ...`` of each group of ``width`` threads folded in a fixed tree order
+        into ``buf[k, t]`` of the group's first thread (``index``: the thread's place in its group)."""
+        to_shared = [f"buf[{k}, t] = a{k}" for k in range(self.a.sums)]
+        tree = [f"        buf[{k}, t] += buf[{k}, t + half]" for k in range(self.a.sums)]
+        return [*to_shared, "cuda.syncthreads()", f"half = {width} >> uint64(1)", "while half > uint64(0):",
+                f"    if {index} < half:", *tree, "    cuda.syncthreads()", "    half >>= uint64(1)"]
 
     def row_values(self):
         return [f"yv{k} = float64(y{k}[r * b{k}])" for k in range(self.a.rows)]
@@ -150,6 +151,20 @@ _SCALE = '''
     if flags & SCALE_BY_WSUM:  # weighted mean: the weight sum was reduced on the device
         ws = wsum[0]
         s = 1.0 / ws if ws != 0.0 else math.inf'''
+
+#: the loop over tasks (row r, piece [lo, hi) of it), one block per task
+_TASKS = '''
+    ntask = n * npieces
+    q = uint64(cuda.blockIdx.x)
+    while q < ntask:
+        r = q // npieces
+        lo = (q - r * npieces) * piece
+        hi = min(lo + piece, d)'''
+
+_BLOCK_TOTAL = '''
+    total = block_sum(acc)
+    if t == uint64(0):
+        partials[cuda.blockIdx.x] = total'''
 
 
 def fused_source(a: Arity) -> str:
@@ -189,22 +204,12 @@ def fused(n, d, shift, {src.xs}{src.ys}w, bw, {src.gs}loss_rows, {src.ps}scale, 
             while j < d:
 {_ind(src.accumulate(), 16)}
                 j += tpr
-{_ind(src.to_shared(), 8)}
-        cuda.syncthreads()
-        half = tpr >> uint64(1)
-        while half > uint64(0):
-            if lane < half:
-{_ind(src.tree(), 16)}
-            cuda.syncthreads()
-            half >>= uint64(1)
+{_ind(src.fold("tpr", "lane"), 8)}
         sums = ({", ".join(f"buf[{k}, lead]" for k in range(a.sums))},)
         cuda.syncthreads()
         if active:
 {_ind(row, 12)}
-        base += step
-    total = block_sum(acc)
-    if t == uint64(0):
-        partials[cuda.blockIdx.x] = total
+        base += step{_BLOCK_TOTAL}
 '''
 
 
@@ -215,26 +220,13 @@ def piece_sums_source(a: Arity) -> str:
 def piece_sums(n, d, npieces, piece, {src.xs}{src.ps}part):
     """part[q] = the K sums of task q = (row, piece), one block per task (uint64 indices)."""
     buf = cuda.shared.array(({a.sums}, THREADS), float64)
-    t = uint64(cuda.threadIdx.x)
-    ntask = n * npieces
-    q = uint64(cuda.blockIdx.x)
-    while q < ntask:
-        r = q // npieces
-        lo = (q - r * npieces) * piece
-        hi = min(lo + piece, d)
+    t = uint64(cuda.threadIdx.x){_TASKS}
 {_ind(src.zero(), 8)}
         j = lo + t
         while j < hi:
 {_ind(src.accumulate(), 12)}
             j += uint64(THREADS)
-{_ind(src.to_shared(), 8)}
-        cuda.syncthreads()
-        half = uint64(THREADS) >> uint64(1)
-        while half > uint64(0):
-            if t < half:
-{_ind(src.tree(), 16)}
-            cuda.syncthreads()
-            half >>= uint64(1)
+{_ind(src.fold("uint64(THREADS)", "t"), 8)}
         if t == uint64(0):
 {_ind(store, 12)}
         cuda.syncthreads()
@@ -266,10 +258,7 @@ def piece_rows(n, npieces, part, {src.ys}w, bw, sums, loss_rows, {src.ps}flags, 
         for p in range(npieces):
 {_ind(add, 12)}
 {_ind(row, 8)}
-        r += step
-    total = block_sum(acc)
-    if t == uint64(0):
-        partials[cuda.blockIdx.x] = total
+        r += step{_BLOCK_TOTAL}
 '''
 
 
@@ -284,13 +273,7 @@ def piece_grads(n, d, npieces, piece, {src.xs}{src.ys}w, bw, {src.gs}sums, {src.
     """One block per task (row, piece): the row finished again from its sums, its gradients written."""
     t = uint64(cuda.threadIdx.x){_SCALE}
     weighted = w.size > 0
-    check_rows = (flags & CHECK_ROWS) != 0
-    ntask = n * npieces
-    q = uint64(cuda.blockIdx.x)
-    while q < ntask:
-        r = q // npieces
-        lo = (q - r * npieces) * piece
-        hi = min(lo + piece, d)
+    check_rows = (flags & CHECK_ROWS) != 0{_TASKS}
 {_ind(row, 8)}
         q += uint64(cuda.gridDim.x)
 '''
@@ -465,13 +448,10 @@ def _split(pl, kernel, check, a, real, threads, n, d, npieces, piece, xs, yargs,
 # -- the kind --------------------------------------------------------------------------------------
 
 
-class CudaRowReduce:
+class CudaRowReduce(_kinds.CudaKind):
     """The rowreduce kind for CUDA arrays (same contract as :class:`fastloss.kinds.rowsum.host.RowReduceKind`)."""
 
     name = "rowreduce"
-
-    def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
-        return ()
 
     def ptx(self, loss, dtype: np.dtype, cc: tuple[int, int], threads: int, labels=None) -> dict[str, str]:
         """PTX of the kernels of ``loss`` (and of its default parameters' variant) for inputs of ``dtype``."""
@@ -521,33 +501,18 @@ class CudaRowReduce:
 
     # -- a call ----------------------------------------------------------------------------------
 
-    def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False):
-        L = ROWREDUCE._layout(spec)
-        pl = device.Placement(spec.name, L.names[0], inputs[0])
-        with pl.active():
-            return self._run(pl, spec, L, inputs, params, weight, reduction, need_value, need_grad, out, stats)
-
-    def _run(self, pl, spec, L, inputs, params, weight, reduction, need_value, need_grad, out, stats):
+    def _run(self, pl, spec, inputs, params, weight, reduction, need_value, need_grad, out, stats):
         name = spec.name
+        L = ROWREDUCE._layout(spec)
         views = [pl.first]
         for nm, x in zip(L.names[1:], inputs[1:]):
             v = pl.view(nm, x)
             if isinstance(x, _SCALARS):  # a number: 0-d, as np.asarray gives the CPU kind
                 v = device.with_shape(v, ())
             views.append(v)
-        first = L.aligned[0]
-        shape = tuple(views[first].shape)
-        for k in L.aligned[1:]:
-            if tuple(views[k].shape) != shape:
-                raise ValueError(
-                    f"{name}: {L.names[k]} has shape {tuple(views[k].shape)} but {L.names[first]} has shape {shape}; "
-                    "row-aligned inputs must have the same shape (the same rows, of the same length)"
-                )
-        lead, d = ROWREDUCE._row_shape(name, L, shape, L.names[first])
+        shape, lead, d = ROWREDUCE._shapes(name, L, views)
         n = math.prod(lead)
-        for k in L.per_row:
-            ROWREDUCE._check_row_input(name, L.names[k], views[k], lead)
-        x0 = views[first]
+        x0 = views[L.aligned[0]]
         out_dtype = grad_dtype(x0)
 
         # -- shapes and buffers (host checks) ------------------------------------------------------
@@ -624,25 +589,11 @@ class CudaRowReduce:
             partials = launch(pl, kernel, xs, ys, w, bw, [g for _, g, _ in gbufs], loss_rows, kparams, scale, wsum,
                               flags, check=check, bad=bad)
 
-        value = None
-        if need_value:
-            value = reduced_value(pl, reduction, loss_native, partials, n, out_dtype, scale, wsum, flags)
-
-        grads = ()
-        rows = []
-        if need_grad:
-            grads = []
-            for j, k in enumerate(L.diff):
-                native, g, direct = gbufs[j]
-                flat = device.reshaped(g, (n * d,))
-                if stats:
-                    rows.append(grad_stats(pl, flat, n * d))
-                if direct:
-                    grads.append(outs[j][0])
-                else:
-                    grads.append(finish_grad(pl, native, flat, shape, views[k], views[k], outs[j]))
-            grads = tuple(grads)
-        return Result(value, grads, device_stats(pl, rows) if stats else None)
+        value = (reduced_value(pl, reduction, loss_native, partials, n, out_dtype, scale, wsum, flags)
+                 if need_value else None)
+        flat = [(native, device.reshaped(g, (n * d,)), direct) for native, g, direct in gbufs] if need_grad else []
+        diff = [views[k] for k in L.diff]
+        return result(pl, value, flat, shape, diff, diff, outs, stats)
 
     @staticmethod
     def _rows(pl, v, shape, n: int, d: int):

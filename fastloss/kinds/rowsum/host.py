@@ -67,7 +67,7 @@ from ..._call import (
 )
 from ..._spec import Discrete, LossSpec, Param
 from ..._validate import as_array, check_discrete, check_weight_shape, compute_dtype
-from ..base import register_kind
+from ..base import Layouts, register_kind
 from . import cpu as rowreduce_cpu
 
 _compile_lock = threading.Lock()
@@ -172,7 +172,7 @@ class RowReduceKind:
 
     def __init__(self) -> None:
         self._drivers: dict[tuple[Any, str], Any] = {}
-        self._layouts: dict[int, _Layout] = {}
+        self._layout = Layouts(_Layout)
 
     def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
         return ()
@@ -195,28 +195,13 @@ class RowReduceKind:
                         cache=spec.options.get("cache", True))
         return drv
 
-    def _layout(self, spec: LossSpec) -> _Layout:
-        layout = self._layouts.get(id(spec))  # the layout holds the spec, so its id is not reused
-        if layout is None:
-            layout = self._layouts[id(spec)] = _Layout(spec)
-        return layout
-
     def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False):
         name = spec.name
         L = self._layout(spec)
         arrays = [as_array(name, n, x) for n, x in zip(L.names, inputs)]
         first = L.aligned[0]
-        shape = arrays[first].shape
-        for k in L.aligned[1:]:
-            if arrays[k].shape != shape:
-                raise ValueError(
-                    f"{name}: {L.names[k]} has shape {arrays[k].shape} but {L.names[first]} has shape {shape}; "
-                    "row-aligned inputs must have the same shape (the same rows, of the same length)"
-                )
-        lead, d = self._row_shape(name, L, shape, L.names[first])
+        shape, lead, d = self._shapes(name, L, arrays)
         n = math.prod(lead)
-        for k in L.per_row:
-            self._check_row_input(name, L.names[k], arrays[k], lead)
         for k, values in L.discrete:
             check_discrete(name, L.names[k], arrays[k], values)
         check_domains(spec, params, arrays)
@@ -268,6 +253,25 @@ class RowReduceKind:
         if need_grad:
             grads = tuple(self._finish_grad(g, arrays[k], shape, o) for g, k, o in zip(gs, L.diff, outs))
         return Result(value, grads, _stats.combine(stat_rows) if stats else None)
+
+    @classmethod
+    def _shapes(cls, name: str, L: _Layout, arrays) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+        """``(shape, lead, d)``: the row-aligned inputs' common shape, the shape of their rows'
+        index and the row length, after checking that the per-row inputs hold one value per row.
+
+        ``arrays`` (host or device arrays) are the inputs in declaration order."""
+        first = L.aligned[0]
+        shape = tuple(arrays[first].shape)
+        for k in L.aligned[1:]:
+            if tuple(arrays[k].shape) != shape:
+                raise ValueError(
+                    f"{name}: {L.names[k]} has shape {tuple(arrays[k].shape)} but {L.names[first]} has shape {shape}; "
+                    "row-aligned inputs must have the same shape (the same rows, of the same length)"
+                )
+        lead, d = cls._row_shape(name, L, shape, L.names[first])
+        for k in L.per_row:
+            cls._check_row_input(name, L.names[k], arrays[k], lead)
+        return shape, lead, d
 
     @staticmethod
     def _row_shape(name: str, L: _Layout, shape: tuple[int, ...], xname: str) -> tuple[tuple[int, ...], int]:

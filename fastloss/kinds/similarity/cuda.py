@@ -42,16 +42,15 @@ from typing import NamedTuple
 import numpy as np
 from numba import cuda, float64, int64
 
-from ..._call import Result, check_outs, check_weight, grad_dtype, mean_scale
+from ..._call import check_outs, check_weight, grad_dtype, mean_scale
 from ..._flags import NEED_GRAD, SCALE_BY_WSUM
-from ..._spec import LossSpec, Param
 from ..._validate import check_weight_shape, compute_dtype
 from ...device import arrays as device
 from ...device import config, kernels, matmul
-from ...device.arrays import U, device_stats, reduced_value
+from ...device.arrays import U, reduced_value
 from ...device.checks import Checks, trusted
 from .. import base as _kinds
-from ..pointwise.cuda import finish_grad, grad_stats, operand, sum_weights
+from ..pointwise.cuda import operand, result, sum_weights
 from ..rowsum.cuda import CudaRowReduce, launch
 from ..rowsum.host import RowReduce
 from .host import NORM_EPS
@@ -278,13 +277,10 @@ def device_matmul(pl, a: Buffer, b: Buffer, c: Buffer, *, trans_a: bool = False,
 # -- the kind ------------------------------------------------------------------------------------------
 
 
-class CudaSimilarity:
+class CudaSimilarity(_kinds.CudaKind):
     """The similarity kind for CUDA arrays (same contract as :class:`fastloss.kinds.similarity.host.SimilarityKind`)."""
 
     name = "similarity"
-
-    def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
-        return ()
 
     def ptx(self, loss, dtype: np.dtype, cc: tuple[int, int], threads: int, labels=None) -> dict[str, str]:
         """PTX of the kind's own kernels for embeddings of ``dtype`` (the cross entropy's are
@@ -322,14 +318,9 @@ class CudaSimilarity:
 
     # -- a call ----------------------------------------------------------------------------------------
 
-    def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False):
-        names = [i.name for i in spec.inputs]
-        pl = device.Placement(spec.name, names[0], inputs[0])
-        with pl.active():
-            return self._run(pl, spec, names, inputs, params, weight, reduction, need_value, need_grad, out, stats)
-
-    def _run(self, pl, spec, names, inputs, params, weight, reduction, need_value, need_grad, out, stats):
+    def _run(self, pl, spec, inputs, params, weight, reduction, need_value, need_grad, out, stats):
         name = spec.name
+        names = [i.name for i in spec.inputs]
         z1 = pl.first
         z2 = pl.view(names[1], inputs[1], scalars=False)
         if z1.ndim != 2:
@@ -398,25 +389,10 @@ class CudaSimilarity:
             self._compute(pl, spec, shape, real, tau, symmetric, (z1, z2), w, bw, scale, wsum, wflag, need_grad,
                           gbufs, pview, partials)
 
-        value = None
-        if need_value:
-            value = reduced_value(pl, reduction, per_native, partials, n, out_dtype, scale, wsum, wflag)
-
-        grads = ()
-        rows = []
-        if need_grad:
-            grads = []
-            for j, z in enumerate((z1, z2)):
-                native, g, direct = gbufs[j]
-                flat = device.reshaped(g, (n * dim,))
-                if stats:
-                    rows.append(grad_stats(pl, flat, n * dim))
-                if direct:
-                    grads.append(outs[j][0])
-                else:
-                    grads.append(finish_grad(pl, native, flat, shape, z, z, outs[j]))
-            grads = tuple(grads)
-        return Result(value, grads, device_stats(pl, rows) if stats else None)
+        value = (reduced_value(pl, reduction, per_native, partials, n, out_dtype, scale, wsum, wflag)
+                 if need_value else None)
+        flat = [(native, device.reshaped(g, (n * dim,)), direct) for native, g, direct in gbufs] if need_grad else []
+        return result(pl, value, flat, shape, (z1, z2), (z1, z2), outs, stats)
 
     @staticmethod
     def _compute(pl, spec, shape, real, tau, symmetric, zs, w, bw, scale, wsum, wflag, need_grad, gbufs, pview,

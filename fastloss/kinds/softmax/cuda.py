@@ -44,7 +44,7 @@ from numba import cuda, float32, float64, int64
 
 from ..._call import Result, check_outs, checked_domains, grad_dtype, mean_scale
 from ..._flags import NEED_AUX, NEED_GRAD, PER_ROW, SCALE_BY_DENOM
-from ..._spec import LossSpec, Param
+from ..._spec import LossSpec
 from ..._validate import compute_dtype
 from ...device import arrays as device
 from ...device import config, kernels
@@ -364,16 +364,19 @@ _TEMPLATE_ROW = '''
                 lb[1] = v
 '''
 
+#: a finished row's loss (and auxiliary part) added to the thread's sums and, per row, stored
+_ROW_TOTALS = '''acc += lb[0]
+if per_row:
+    loss_rows[r] = lb[0]
+if need_aux:
+    acc_aux += lb[1]
+    if per_row:
+        loss_rows[n + r] = lb[1]'''
+
 _BLOCK = _TEMPLATE_HEAD + '''    for r in range(cuda.blockIdx.x, n, cuda.gridDim.x):
 {row}
         if tid == 0:
-            acc += lb[0]
-            if per_row:
-                loss_rows[r] = lb[0]
-            if need_aux:
-                acc_aux += lb[1]
-                if per_row:
-                    loss_rows[n + r] = lb[1]
+{totals}
     if tid == 0:
         partials[cuda.blockIdx.x] = acc
         if need_aux:
@@ -384,13 +387,7 @@ _THREAD = _TEMPLATE_HEAD + '''    r = int64(cuda.blockIdx.x) * THREADS + tid
     step = int64(cuda.gridDim.x) * THREADS
     while r < n:
 {row}
-        acc += lb[0]
-        if per_row:
-            loss_rows[r] = lb[0]
-        if need_aux:
-            acc_aux += lb[1]
-            if per_row:
-                loss_rows[n + r] = lb[1]
+{totals}
         r += step
     total = block_sum(acc)
     if tid == 0:
@@ -424,7 +421,8 @@ def driver_source(mode: str, n_params: int) -> str:
     block = mode == "block"
     row = _TEMPLATE_ROW.format(args=", ".join(names), sync="cuda.syncthreads()" if block else "pass",
                                first="tid" if block else "0", stride="THREADS" if block else "1")
-    return (_BLOCK if block else _THREAD).format(params="".join(f"{p}, " for p in names), row=row)
+    totals = textwrap.indent(_ROW_TOTALS, " " * (12 if block else 8))
+    return (_BLOCK if block else _THREAD).format(params="".join(f"{p}, " for p in names), row=row, totals=totals)
 
 
 class _Build:
@@ -497,7 +495,7 @@ def row_threads(nc: int) -> int:
     return min(want, config.ROW_THREADS)
 
 
-class CudaRowwise:
+class CudaRowwise(_kinds.CudaKind):
     """The rowwise kind for CUDA arrays (same contract as :class:`fastloss.kinds.softmax.host.RowwiseKind`)."""
 
     name = "rowwise"
@@ -507,9 +505,6 @@ class CudaRowwise:
         self._builds: dict[tuple, _Build] = {}
         self._kernels: dict[tuple, object] = {}
         self._lock = threading.Lock()
-
-    def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
-        return ()
 
     def mode(self, spec: LossSpec) -> str:
         func = getattr(spec.kernel, "py_func", spec.kernel)
@@ -557,11 +552,6 @@ class CudaRowwise:
         return {f"rowwise_{mode}": cuda.compile_ptx(fn, sig, cc=cc, launch_bounds=launch_bounds(threads))[0]}
 
     # -- a call ----------------------------------------------------------------------------------
-
-    def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False):
-        pl = device.Placement(spec.name, spec.inputs[0].name, inputs[0])
-        with pl.active():
-            return self._run(pl, spec, inputs, params, weight, reduction, need_value, need_grad, out, stats)
 
     def _run(self, pl, spec, inputs, params, weight, reduction, need_value, need_grad, out, stats):
         name = spec.name
