@@ -1,8 +1,9 @@
 """The public callable built from a :class:`~fastloss._spec.LossSpec`.
 
 ``fl.huber(pred, target, *, delta=1.0, weight=None, reduction="mean")`` returns the loss,
-``fl.huber.grad(...)`` the gradient(s), ``fl.huber.value_and_grad(...)`` both from one fused pass.
-Each of the three carries a real :class:`inspect.Signature` and a numpydoc docstring generated from
+``fl.huber.grad(...)`` the gradient(s), ``fl.huber.value_and_grad(...)`` both from one fused pass;
+``hess``, ``grad_hess`` and ``value_grad_hess`` add the Hessian diagonal for losses that declare a
+second derivative. Each carries a real :class:`inspect.Signature` and a numpydoc docstring generated from
 the declaration.
 """
 
@@ -41,6 +42,9 @@ class Loss:
         self.__signature__ = self._signature(with_out=False)
         self.grad = self._method("grad", need_value=False, with_out=True)
         self.value_and_grad = self._method("value_and_grad", need_value=True, with_out=True)
+        self.hess = self._hess_method("hess", need_value=False, need_grad=False)
+        self.grad_hess = self._hess_method("grad_hess", need_value=False, need_grad=True)
+        self.value_grad_hess = self._hess_method("value_grad_hess", need_value=True, need_grad=True)
         self._fast_value = self._fast_path(need_value=True, need_grad=False, with_out=False)
 
     # -- calls -------------------------------------------------------------------------------
@@ -84,6 +88,43 @@ class Loss:
         method.__qualname__ = f"{self.spec.name}.{name}"
         method.__doc__ = render_docstring(self.spec, self._params, name)
         method.__signature__ = self._signature(with_out=with_out)
+        return method
+
+    def _hess_method(self, name: str, *, need_value: bool, need_grad: bool):
+        """``hess`` / ``grad_hess`` / ``value_grad_hess``: the Hessian diagonal, with the gradient and
+        the value from the same pass. ``out=`` takes the Hessian buffer(s) for ``hess`` and a pair
+        ``(gradient buffer(s), Hessian buffer(s))`` for the others (``None`` entries allocate)."""
+        single = len(self.spec.differentiable) == 1
+        loss = self.spec.name
+
+        def method(*args, **kwargs):
+            inputs, params, weight, reduction, out, stats = self._bind(args, kwargs, with_out=True)
+            if stats is not False:
+                raise TypeError(f"{loss}.{name}() does not take stats=")
+            gout, hout = None, out
+            if need_grad and out is not None:
+                if not (isinstance(out, tuple) and len(out) == 2):
+                    raise TypeError(f"{loss}.{name}(): out= must be a pair (gradient buffer, Hessian buffer)")
+                gout, hout = out
+            spec, inputs, params = self._as_inputs(inputs, params)
+            kind = select_kind(self._kind, spec, inputs, weight, out)
+            if not getattr(kind, "hessians", False):
+                raise NotImplementedError(
+                    f"{loss}.{name}(): Hessians are computed for pointwise losses on the CPU; "
+                    f"this call runs on the {kind.name} kind{'' if kind is self._kind else ' (CUDA)'}"
+                )
+            result = kind.run(spec, inputs, params, weight, reduction, need_value=need_value, need_grad=need_grad,
+                              out=gout, need_hess=True, hess_out=hout)
+            h = result.hess[0] if single else tuple(result.hess)
+            if not need_grad:
+                return h
+            g = result.grads[0] if single else tuple(result.grads)
+            return (result.value, g, h) if need_value else (g, h)
+
+        method.__name__ = name
+        method.__qualname__ = f"{loss}.{name}"
+        method.__doc__ = render_docstring(self.spec, self._params, name)
+        method.__signature__ = self._signature(with_out=True, with_stats=False)
         return method
 
     def _fast_path(self, *, need_value: bool, need_grad: bool, with_out: bool):
@@ -167,7 +208,7 @@ class Loss:
 
     # -- introspection -------------------------------------------------------------------------
 
-    def _signature(self, *, with_out: bool) -> inspect.Signature:
+    def _signature(self, *, with_out: bool, with_stats: bool = True) -> inspect.Signature:
         P = inspect.Parameter
         ps = [
             P(i.name, P.POSITIONAL_OR_KEYWORD, default=None if i.optional else P.empty)
@@ -176,7 +217,9 @@ class Loss:
         ps += [P(p.name, P.KEYWORD_ONLY, default=p.default) for p in self._params]
         ps += [P("weight", P.KEYWORD_ONLY, default=None), P("reduction", P.KEYWORD_ONLY, default="mean")]
         if with_out:
-            ps += [P("out", P.KEYWORD_ONLY, default=None), P("stats", P.KEYWORD_ONLY, default=False)]
+            ps += [P("out", P.KEYWORD_ONLY, default=None)]
+        if with_out and with_stats:
+            ps += [P("stats", P.KEYWORD_ONLY, default=False)]
         return inspect.Signature(ps)
 
     def __repr__(self) -> str:

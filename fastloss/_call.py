@@ -27,11 +27,13 @@ from .device import is_device_array
 
 class Result(NamedTuple):
     """What a kind's ``run`` returns: the value (or None), one gradient per differentiable input
-    (empty when none was asked for) and the gradient statistics (or None)."""
+    (empty when none was asked for), the gradient statistics (or None) and one Hessian diagonal
+    per differentiable input (empty when none was asked for)."""
 
     value: Any
     grads: tuple
     stats: Any = None
+    hess: tuple = ()
 
 
 # -- gradient buffers (out=) ------------------------------------------------------------------------

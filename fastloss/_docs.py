@@ -36,13 +36,27 @@ def _param_block(p: Param) -> str:
     return f"{p.name} : {kind}, default {p.default!r}\n    {doc}{dom}{'.' if dom else ''}"
 
 
+_HESS_METHODS = ("hess", "grad_hess", "value_grad_hess")
+_HESS_OUT_DOC = """out : ndarray or tuple, optional
+    Buffer(s) for the Hessian diagonal: the input's shape and dtype, writable, sharing memory with no
+    other input or the weight (it may be its own input)."""
+_GRAD_HESS_OUT_DOC = """out : (gradient buffer(s), Hessian buffer(s)), optional
+    A pair: buffers for the gradient (as ``value_and_grad``'s ``out=``) and for the Hessian diagonal
+    (the input's shape and dtype); ``None`` in either place allocates. The two must not overlap."""
+
+
 def render_docstring(spec: LossSpec, params: Sequence[Param], method: str) -> str:
-    """The numpydoc docstring of ``spec``'s ``__call__`` (``method="value"``), ``grad`` or ``value_and_grad``."""
+    """The numpydoc docstring of ``spec``'s ``__call__`` (``method="value"``), ``grad``, ``value_and_grad``,
+    ``hess``, ``grad_hess`` or ``value_grad_hess``."""
     diff = [i.name for i in spec.differentiable]
+    wrt_list = ", ".join(f"``{d}``" for d in diff)
     lead = {
         "value": spec.summary,
-        "grad": f"Gradient of :func:`{spec.name}` with respect to {', '.join(f'``{d}``' for d in diff)}.",
+        "grad": f"Gradient of :func:`{spec.name}` with respect to {wrt_list}.",
         "value_and_grad": f":func:`{spec.name}` and its gradient(s), computed in one fused pass.",
+        "hess": f"Diagonal of the Hessian of :func:`{spec.name}` with respect to {wrt_list}.",
+        "grad_hess": f"Gradient(s) and Hessian diagonal(s) of :func:`{spec.name}`, computed in one fused pass.",
+        "value_grad_hess": f":func:`{spec.name}`, its gradient(s) and Hessian diagonal(s), computed in one fused pass.",
     }[method]
     parts = [lead, ""]
     if method == "value":  # help(fl.<name>) is where a newcomer looks: name the other two entry points
@@ -55,10 +69,19 @@ def render_docstring(spec: LossSpec, params: Sequence[Param], method: str) -> st
             "norm, max and count of non-finite entries).", 96, break_long_words=False, break_on_hyphens=False),
             "",
         ]
+        if spec.hessian is not None:
+            parts += [textwrap.fill(
+                f"``{spec.name}.hess(...)``, ``{spec.name}.grad_hess(...)`` and ``{spec.name}.value_grad_hess(...)`` "
+                "add the diagonal of the Hessian, scaled as the gradient is (for gradient boosting).",
+                96, break_long_words=False, break_on_hyphens=False), ""]
     if spec.formula:
         parts += [".. math::", "", textwrap.indent(spec.formula.strip(), "    "), ""]
     if spec.gradient:
         parts += ["Gradient:", "", ".. math::", "", textwrap.indent(spec.gradient.strip(), "    "), ""]
+    if spec.hessian_formula and (method in _HESS_METHODS or method == "value"):
+        parts += ["Hessian (diagonal):", "", ".. math::", "", textwrap.indent(spec.hessian_formula.strip(), "    "), ""]
+    if spec.hessian_note and method in _HESS_METHODS:
+        parts += [textwrap.fill(spec.hessian_note, 96, break_long_words=False, break_on_hyphens=False), ""]
     parts += ["Parameters", "----------"]
     for inp in spec.inputs:
         opt = ", optional" if inp.optional else ""
@@ -67,7 +90,9 @@ def render_docstring(spec: LossSpec, params: Sequence[Param], method: str) -> st
     # kinds may describe weights and reductions their own way (rowwise: per-class weights)
     parts += [d for d in (spec.options.get("weight_doc", _WEIGHT_DOC),
                           spec.options.get("reduction_doc", _REDUCTION_DOC)) if d]
-    if method != "value":
+    if method in _HESS_METHODS:
+        parts.append(_HESS_OUT_DOC if method == "hess" else _GRAD_HESS_OUT_DOC)
+    elif method != "value":
         parts.append(_OUT_DOC)
     parts += ["", "Returns", "-------"]
     grad_desc = "gradient" if len(diff) == 1 else "tuple of gradients (" + ", ".join(diff) + ")"
@@ -76,7 +101,12 @@ def render_docstring(spec: LossSpec, params: Sequence[Param], method: str) -> st
         "    The reduced loss (a NumPy scalar), or per-element losses for ``reduction=\"none\"``."
     )
     grad_ret = f"grad : ndarray or tuple\n    The {grad_desc}, shaped like the input(s)."
-    parts.append({"value": loss_ret, "grad": grad_ret, "value_and_grad": loss_ret + "\n" + grad_ret}[method])
+    hess_desc = "Hessian diagonal" if len(diff) == 1 else "tuple of Hessian diagonals (" + ", ".join(diff) + ")"
+    hess_ret = (f"hess : ndarray or tuple\n    The {hess_desc}, shaped like the input(s) and scaled as the "
+                "gradient: ``d^2 L / d x_i^2`` of the reduced loss ``L`` (of the sum for ``reduction=\"none\"``).")
+    parts.append({"value": loss_ret, "grad": grad_ret, "value_and_grad": loss_ret + "\n" + grad_ret,
+                  "hess": hess_ret, "grad_hess": grad_ret + "\n" + hess_ret,
+                  "value_grad_hess": loss_ret + "\n" + grad_ret + "\n" + hess_ret}[method])
     notes = []
     if spec.equivalents:
         notes.append("Equivalents: " + "; ".join(f"{k}: ``{v}``" for k, v in spec.equivalents.items()) + ".")

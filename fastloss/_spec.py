@@ -217,6 +217,15 @@ class LossSpec:
         parameters (e.g. rates must be positive unless given as logs).
     options
         Kind-specific options (e.g. rowwise: target forms, ``ignore_index`` support).
+    hessian
+        Optional scalar second derivative (pointwise kind): ``hessian(*inputs, *params) -> h`` with
+        ``h = d^2 value / d x^2`` for the one differentiable input, or a tuple with one such diagonal
+        entry per differentiable input. Written with :mod:`math` only, like ``kernel``.
+    hessian_formula
+        LaTeX for the Hessian (docs and docstring).
+    hessian_note
+        What the Hessian is where the true second derivative is not usable (zero almost
+        everywhere, a kink, a negative value), and which library's convention it follows.
     """
 
     name: str
@@ -237,6 +246,9 @@ class LossSpec:
     fd_safe: Callable | None = None
     domains: Callable[[dict], dict] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    hessian: Callable | None = None
+    hessian_formula: str = ""
+    hessian_note: str = ""
 
     @property
     def differentiable(self) -> tuple[Input, ...]:
@@ -254,7 +266,8 @@ class LossSpec:
 
         What runs when they are given as arrays: they follow the declared inputs, in declaration
         order, as non-differentiable inputs with the parameters' domains, and the kernel is the
-        ``array_kernel`` option, ``kernel(*inputs, *arrays, *other parameters)``.
+        ``array_kernel`` option, ``kernel(*inputs, *arrays, *other parameters)``, and the Hessian
+        the ``array_hessian`` option (same arguments).
         """
         if self.prepare is not None or "array_kernel" not in self.options:
             raise TypeError(f"{self.name}: array parameters need an 'array_kernel' option and no 'prepare'")
@@ -263,10 +276,11 @@ class LossSpec:
         return replace(
             self,
             kernel=self.options["array_kernel"],
+            hessian=self.options.get("array_hessian"),
             inputs=(*self.inputs, *extra),
             params=tuple(p for p in self.params if p.name not in names),
             check=None,
-            options={k: v for k, v in self.options.items() if k != "array_kernel"},
+            options={k: v for k, v in self.options.items() if k not in ("array_kernel", "array_hessian")},
         )
 
     def kernel_params(self, params: Mapping[str, Any]) -> tuple[float, ...]:

@@ -246,14 +246,15 @@ class _Slots(tuple):
     index_of: tuple[int, ...]
 
 
-#: Below this many logits, ``fastloss.torch.cross_entropy(logits, target)`` (no keyword but
-#: ``reduction``) calls ``torch.nn.functional.cross_entropy``: at such sizes both are per-call
-#: overhead, not arithmetic, and a Python ``autograd.Function`` (about 80 us for forward and
-#: backward on the 2-core test VM before any arithmetic) cannot match PyTorch's C++ path.
-#: ``python bench/torch_small.py`` measures the crossover (1 thread, float32, 2-core VM:
-#: fastloss 1.7x slower at 64 x 10, 1.2x at 1024 x 100, 1.6x faster at 256 x 1000).
-#: Set it to 0 to run fastloss's kernel at every size.
 SMALL_CROSS_ENTROPY = 131072
+"""Below this many logits, ``fastloss.torch.cross_entropy(logits, target)`` (no keyword but
+``reduction``) calls ``torch.nn.functional.cross_entropy``: at such sizes both are per-call
+overhead, not arithmetic, and a Python ``autograd.Function`` (about 80 us for forward and
+backward on the 2-core test VM before any arithmetic) cannot match PyTorch's C++ path.
+``python bench/torch_small.py`` measures the crossover (1 thread, float32, 2-core VM:
+fastloss 1.7x slower at 64 x 10, 1.2x at 1024 x 100, 1.6x faster at 256 x 1000).
+Set it to 0 to run fastloss's kernel at every size.
+"""
 
 
 def _small_cross_entropy(logits, target, reduction: str) -> torch.Tensor | None:

@@ -179,7 +179,7 @@ def test_catalogue_page_shows_the_declaration(name):
     assert spec.properties is not None, f"{name}: the declaration has no catalogue properties"
     page = catalogue.loss_page(loss, "plot.png")
     assert page.startswith(f"# `{name}`")
-    for text in (spec.formula, spec.gradient):
+    for text in (spec.formula, spec.gradient, spec.hessian_formula):
         assert text.strip() in page
     for p in loss._params:
         assert f"| `{p.name}` |" in page and repr(p.default) in page

@@ -80,23 +80,35 @@ def slices(typingctx, xs, lo, hi):
     return sig, codegen
 
 
-def scaled_store(first: int):
+def scaled_store(first: int | None):
     """The codegen of an intrinsic ``(gs, i, vals, scale)`` that stores ``gs[k][i] = vals[first + k] * scale``
-    (in float64, stored as the array's dtype) for every array ``k`` of the tuple ``gs``."""
+    (in float64, stored as the array's dtype) for every array ``k`` of the tuple ``gs``; with ``first``
+    None, ``vals`` is one number, stored into the one array of ``gs``."""
 
     def codegen(context, builder, sig, args):
         tup, idx, vtup, sc = args
         idx = context.cast(builder, idx, sig.args[1], types.intp)
         sc = context.cast(builder, sc, sig.args[3], types.float64)
-        vtypes = sig.args[2].types
         for k, aryty in enumerate(sig.args[0]):
-            r = context.cast(builder, builder.extract_value(vtup, first + k), vtypes[first + k], types.float64)
+            if first is None:  # one number, not a tuple
+                r = context.cast(builder, vtup, sig.args[2], types.float64)
+            else:
+                r = context.cast(builder, builder.extract_value(vtup, first + k), sig.args[2].types[first + k],
+                                 types.float64)
             v = context.cast(builder, builder.fmul(r, sc), types.float64, aryty.dtype)
             ptr = _item_pointer(context, builder, aryty, builder.extract_value(tup, k), idx)
             store_item(context, builder, aryty, v, ptr)
         return context.get_dummy_value()
 
     return codegen
+
+
+@intrinsic
+def store_each(typingctx, gs, i, vals, scale):
+    """``gs[k][i] = vals[k] * scale`` for every ``k``; ``vals`` is a tuple, or one number for one array."""
+    if isinstance(vals, types.BaseTuple):
+        return types.none(gs, i, vals, scale), scaled_store(0)
+    return types.none(gs, i, vals, scale), scaled_store(None)
 
 
 @intrinsic

@@ -11,6 +11,7 @@ from .._config import FASTMATH
 # mathfn's pow (not ``**``): a libm call per element would keep the driver loop scalar
 from .._kernels.mathfn import pow, sigmoid, softplus_sigmoid
 from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
+from ._common import sigmoid_curvature, unit_curvature
 
 LOGITS = Input("pred", "Logits (unnormalised scores).", differentiable=True)
 PROB_TARGET = Input("target", "Target probabilities (0/1 labels or soft labels).", Interval(0.0, 1.0))
@@ -39,15 +40,23 @@ def _bce_pos_weights(pred, target, pos_weight):
     return _bce_terms(pred, target, pos_weight)
 
 
+
+def _bce_hess(pred, target, pos_weight):
+    return sigmoid_curvature(pred) * (pos_weight * target + 1.0 - target)
+
+
 binary_cross_entropy = register(LossSpec(
     name="binary_cross_entropy",
     kind="pointwise",
     kernel=_bce,
+    hessian=_bce_hess,
+    hessian_formula=r"\partial^2 \ell / \partial x^2 = \sigma(x)\,(1 - \sigma(x))\,(p\, y + 1 - y)",
+    hessian_note="With ``pos_weight = 1`` this is scikit-learn's ``gradient_hessian`` for ``HalfBinomialLoss``: ``p (1 - p)``.",
     inputs=(LOGITS, PROB_TARGET),
     params=(Param("pos_weight", 1.0, "Weight of the positive term: a scalar, or an array broadcastable to "
                   "``target`` (e.g. one weight per class, shape ``(C,)``, in multi-label training)",
                   Interval(0.0, math.inf), array=True),),
-    options={"array_kernel": _bce_pos_weights},
+    options={"array_kernel": _bce_pos_weights, "array_hessian": _bce_hess},
     summary="Binary cross entropy on logits (sigmoid + log loss, computed stably).",
     formula=r"\ell = -\left[p_w\, y \log \sigma(x) + (1 - y) \log(1 - \sigma(x))\right]"
             r" = p_w\, y\, \operatorname{softplus}(-x) + (1 - y) \operatorname{softplus}(x)",
@@ -159,10 +168,18 @@ def _margin_safe(inputs, params, h):
     return np.abs(params["margin"] - y * np.asarray(inputs[0], dtype=float)) > 4 * h
 
 
+
+def _hinge_hess(pred, target, margin):
+    return unit_curvature(pred)
+
+
 hinge = register(LossSpec(
     name="hinge",
     kind="pointwise",
     kernel=_hinge,
+    hessian=_hinge_hess,
+    hessian_formula=r"\partial^2 \ell / \partial x^2 = 0 \text{ (almost everywhere); returned: } 1",
+    hessian_note="The second derivative is 0 wherever it exists; the Hessian returned is 1, the convention scikit-learn's ``gradient_hessian`` uses for piecewise-linear losses (``AbsoluteError``, ``PinballLoss``).",
     inputs=(Input("pred", "Decision scores.", differentiable=True), SIGN_TARGET),
     params=(Param("margin", 1.0, "Margin", Interval(0.0, math.inf)),),
     summary="Hinge loss of a binary classifier.",
@@ -188,10 +205,20 @@ def _squared_hinge(pred, target, margin):
     return (m * m if active else 0.0), (-2.0 * y * m if active else 0.0)
 
 
+
+def _squared_hinge_hess(pred, target, margin):
+    y = 1.0 if target > 0.0 else -1.0
+    m = margin - y * pred
+    return 2.0 if m > 0.0 else (0.0 if m <= 0.0 else m)
+
+
 squared_hinge = register(LossSpec(
     name="squared_hinge",
     kind="pointwise",
     kernel=_squared_hinge,
+    hessian=_squared_hinge_hess,
+    hessian_formula=r"\partial^2 \ell / \partial x^2 = 2\,[m > 0]",
+    hessian_note='0 where the margin is met: the true second derivative where it exists.',
     inputs=(Input("pred", "Decision scores.", differentiable=True), SIGN_TARGET),
     params=(Param("margin", 1.0, "Margin", Interval(0.0, math.inf)),),
     summary="Squared hinge loss of a binary classifier (differentiable at the margin).",

@@ -54,10 +54,21 @@ def _poisson_fixed(log_input: bool, full: bool):
 
 _POISSON_FIXED = {(li, fu): _poisson_fixed(li, fu) for li in (False, True) for fu in (False, True)}
 
+
+def _poisson_nll_hess(pred, target, log_input, full, eps):
+    if log_input != 0.0:
+        return exp(pred)
+    q = pred + eps
+    return target / (q * q)
+
+
 poisson_nll = register(LossSpec(
     name="poisson_nll",
     kind="pointwise",
     kernel=_poisson_nll,
+    hessian=_poisson_nll_hess,
+    hessian_formula=r"\partial^2 \ell / \partial x^2 = e^{x} \text{ (log input)},\quad y / (x + \epsilon)^2 \text{ otherwise}",
+    hessian_note="With ``log_input=True`` this is the Hessian of scikit-learn's ``HalfPoissonLoss`` (``exp(x)``).",
     inputs=(
         Input("pred", "Predicted rate (log-rate when ``log_input``).", differentiable=True),
         Input("target", "Observed counts.", Interval(0.0, math.inf)),
@@ -105,10 +116,21 @@ def _gaussian_var_shape(arrays):
     return [pred, target, var]
 
 
+
+def _gaussian_nll_hess(pred, target, var, full, eps):
+    v = max(var, eps)
+    d = pred - target
+    inv = 1.0 / v
+    return inv, inv * inv * (d * d * inv - 0.5)
+
+
 gaussian_nll = register(LossSpec(
     name="gaussian_nll",
     kind="pointwise",
     kernel=_gaussian_nll,
+    hessian=_gaussian_nll_hess,
+    hessian_formula=r"\partial^2 \ell / \partial \mu^2 = 1 / v,\quad \partial^2 \ell / \partial v^2 = (d^2 / v - \tfrac12) / v^2,\quad v = \max(\mathrm{var}, \epsilon)",
+    hessian_note='The second derivative with respect to the variance is negative where ``d^2 < v / 2``: it is returned as it is.',
     inputs=(
         Input("pred", "Predicted means.", differentiable=True),
         Input("target", "Observations."),

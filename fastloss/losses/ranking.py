@@ -5,6 +5,7 @@ from __future__ import annotations
 from .._api import register
 from .._kernels.mathfn import softplus_sigmoid
 from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
+from ._common import sigmoid_curvature, unit_curvature
 
 
 def _margin_ranking(x1, x2, target, margin):
@@ -21,10 +22,19 @@ def _margin_ranking_safe(inputs, params, h):
     return np.abs(params["margin"] - y * (x1 - x2)) > 4 * h
 
 
+
+def _margin_ranking_hess(x1, x2, target, margin):
+    u = unit_curvature(x1 - x2)
+    return u, u
+
+
 margin_ranking = register(LossSpec(
     name="margin_ranking",
     kind="pointwise",
     kernel=_margin_ranking,
+    hessian=_margin_ranking_hess,
+    hessian_formula=r"\partial^2 \ell / \partial x_1^2 = \partial^2 \ell / \partial x_2^2 = 0 \text{ (almost everywhere); returned: } 1",
+    hessian_note="The second derivatives are 0 wherever they exist; the Hessian returned is 1, the convention scikit-learn's ``gradient_hessian`` uses for piecewise-linear losses.",
     inputs=(
         Input("x1", "Scores of the first items.", differentiable=True),
         Input("x2", "Scores of the second items, broadcastable to ``x1``.", differentiable=True),
@@ -63,10 +73,18 @@ def _bpr(pos, neg):
     return sp, -s, s
 
 
+
+def _bpr_hess(pos, neg):
+    c = sigmoid_curvature(pos - neg)
+    return c, c
+
+
 bpr = register(LossSpec(
     name="bpr",
     kind="pointwise",
     kernel=_bpr,
+    hessian=_bpr_hess,
+    hessian_formula=r"\partial^2 \ell / \partial s_+^2 = \partial^2 \ell / \partial s_-^2 = \sigma(d)\,(1 - \sigma(d)),\quad d = s_+ - s_-",
     inputs=(
         Input("pos_scores", "Scores of the positive (observed) items.", differentiable=True),
         Input("neg_scores", "Scores of the sampled negative items, broadcastable to ``pos_scores`` "

@@ -8,7 +8,7 @@ from .._api import register
 from .._compile import inline_helper
 from .._kernels.mathfn import exp, expm1, log1p, softplus, tanh
 from .._spec import Input, Interval, LossSpec, Param, Properties
-from ._common import sign
+from ._common import sigmoid_curvature, sign, unit_curvature
 
 PRED = Input("pred", "Predictions.", differentiable=True)
 TARGET = Input("target", "Targets, broadcastable to ``pred``.")
@@ -35,10 +35,18 @@ def _mse(pred, target):
     return d * d, 2.0 * d
 
 
+
+def _mse_hess(pred, target):
+    d = pred - target
+    return 2.0 if d == d else d
+
+
 mse = register(LossSpec(
     name="mse",
     kind="pointwise",
     kernel=_mse,
+    hessian=_mse_hess,
+    hessian_formula=r"\partial^2 \ell / \partial x^2 = 2",
     inputs=(PRED, TARGET),
     summary="Mean squared error.",
     formula=r"\ell(x, y) = (x - y)^2",
@@ -65,10 +73,18 @@ def _mae(pred, target):
     return abs(d), sign(d)
 
 
+
+def _mae_hess(pred, target):
+    return unit_curvature(pred - target)
+
+
 mae = register(LossSpec(
     name="mae",
     kind="pointwise",
     kernel=_mae,
+    hessian=_mae_hess,
+    hessian_formula=r"\partial^2 \ell / \partial x^2 = 0 \text{ (almost everywhere); returned: } 1",
+    hessian_note="The second derivative is 0 wherever it exists; the Hessian returned is 1, as scikit-learn's ``gradient_hessian`` for ``AbsoluteError`` gives, so that a Newton step of a booster is a gradient step.",
     inputs=(PRED, TARGET),
     summary="Mean absolute error (L1 loss).",
     formula=r"\ell(x, y) = |x - y|",
@@ -95,10 +111,19 @@ def _huber(pred, target, delta):
     return g * (d - 0.5 * g), g
 
 
+
+def _huber_hess(pred, target, delta):
+    a = abs(pred - target)
+    return 1.0 if a <= delta else (0.0 if a > delta else a)
+
+
 huber = register(LossSpec(
     name="huber",
     kind="pointwise",
     kernel=_huber,
+    hessian=_huber_hess,
+    hessian_formula=r"\partial^2 \ell / \partial x^2 = [|d| \le \delta]",
+    hessian_note="1 inside the quadratic zone (``|d| <= delta``), 0 outside: the true second derivative where it exists, as scikit-learn's ``gradient_hessian`` for ``HuberLoss`` gives.",
     inputs=(PRED, TARGET),
     params=(Param("delta", 1.0, "Threshold between the quadratic and linear regimes", Interval(0.0, math.inf, (False, False))),),
     summary="Huber loss: quadratic near zero, linear beyond ``delta``.",
@@ -127,10 +152,19 @@ def _smooth_l1(pred, target, beta):
     return value, grad
 
 
+
+def _smooth_l1_hess(pred, target, beta):
+    a = abs(pred - target)
+    return 1.0 / beta if a < beta else (0.0 if a >= beta else a)
+
+
 smooth_l1 = register(LossSpec(
     name="smooth_l1",
     kind="pointwise",
     kernel=_smooth_l1,
+    hessian=_smooth_l1_hess,
+    hessian_formula=r"\partial^2 \ell / \partial x^2 = [|d| < \beta] / \beta",
+    hessian_note='0 outside the quadratic zone: the true second derivative where it exists.',
     inputs=(PRED, TARGET),
     params=(Param("beta", 1.0, "Width of the quadratic region (0 gives the L1 loss)", Interval(0.0, math.inf, (True, False)),
                   special=(0.0,)),),
@@ -170,10 +204,18 @@ def _log_cosh(pred, target):
     return (small if a < LOG_COSH_SMALL else large), t
 
 
+
+def _log_cosh_hess(pred, target):
+    # 1 - tanh^2 d = 1 / cosh^2 d = 4 e / (1 + e)^2 with e = exp(-2|d|): accurate where tanh^2 rounds to 1
+    return 4.0 * sigmoid_curvature(2.0 * (pred - target))
+
+
 log_cosh = register(LossSpec(
     name="log_cosh",
     kind="pointwise",
     kernel=_log_cosh,
+    hessian=_log_cosh_hess,
+    hessian_formula=r"\partial^2 \ell / \partial x^2 = 1 - \tanh^2(x - y)",
     inputs=(PRED, TARGET),
     summary="Log-cosh loss: smooth, quadratic near zero and linear in the tails.",
     formula=r"\ell = \log\cosh(x - y)",
@@ -216,10 +258,18 @@ def _quantile(pred, target, q):
     return (q * d if above else (q - 1.0) * d) / s, (grad if d == d else d)  # NaN residual -> NaN gradient
 
 
+
+def _quantile_hess(pred, target, q):
+    return unit_curvature(pred - target)
+
+
 quantile = register(LossSpec(
     name="quantile",
     kind="pointwise",
     kernel=_quantile,
+    hessian=_quantile_hess,
+    hessian_formula=r"\partial^2 \ell / \partial x^2 = 0 \text{ (almost everywhere); returned: } 1",
+    hessian_note="The second derivative is 0 wherever it exists; the Hessian returned is 1, as scikit-learn's ``gradient_hessian`` for ``PinballLoss`` gives.",
     inputs=(PRED, TARGET),
     params=(Param("q", 0.5, "Quantile level", Interval(0.0, 1.0, (False, False))),),
     summary="Quantile (pinball) loss.",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .._api import register
 from .._spec import Input, LossSpec, Properties
-from ._common import sign
+from ._common import sign, unit_curvature
 
 PARAMS = Input("x", "Parameter array to penalise (e.g. a weight matrix).", differentiable=True)
 
@@ -24,10 +24,18 @@ def _l1(x):
     return abs(x), sign(x)
 
 
+
+def _l1_hess(x):
+    return unit_curvature(x)
+
+
 l1 = register(LossSpec(
     name="l1",
     kind="pointwise",
     kernel=_l1,
+    hessian=_l1_hess,
+    hessian_formula=r"\partial^2 \ell / \partial x^2 = 0 \text{ (almost everywhere); returned: } 1",
+    hessian_note="The second derivative is 0 wherever it exists; the Hessian returned is 1, the convention scikit-learn's ``gradient_hessian`` uses for ``AbsoluteError``.",
     inputs=(PARAMS,),
     summary="L1 penalty (lasso): the absolute value of each parameter.",
     formula=r"\ell(x) = |x|\qquad(\text{``sum'' reduction: } \|x\|_1)",
@@ -49,10 +57,17 @@ def _l2(x):
     return 0.5 * x * x, x
 
 
+
+def _l2_hess(x):
+    return 1.0 if x == x else x
+
+
 l2 = register(LossSpec(
     name="l2",
     kind="pointwise",
     kernel=_l2,
+    hessian=_l2_hess,
+    hessian_formula=r"\partial^2 \ell / \partial x^2 = 1",
     inputs=(PARAMS,),
     summary="L2 penalty (ridge, weight decay): half the square of each parameter.",
     formula=r"\ell(x) = \tfrac12 x^2\qquad(\text{``sum'' reduction: } \tfrac12 \|x\|_2^2)",

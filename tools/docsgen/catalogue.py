@@ -236,6 +236,10 @@ def loss_page(loss, image: str | None = None) -> str:
         out += _math(spec.formula)
     if spec.gradient:
         out += [f"Gradient with respect to {diff}:", "", *_math(spec.gradient)]
+    if spec.hessian_formula:
+        out += ["Hessian diagonal (`.hess`, `.grad_hess`, `.value_grad_hess`):", "", *_math(spec.hessian_formula)]
+        if spec.hessian_note:
+            out += [md_inline(spec.hessian_note), ""]
     if image:
         out += [f"![{name} and its gradient]({image})", ""]
     calls = [_call(f"fastloss.{name}", loss)]

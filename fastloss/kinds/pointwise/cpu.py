@@ -33,7 +33,7 @@ import numpy as np
 
 from ..._config import CHUNK
 from ..._flags import NEED_GRAD, NEED_STATS, PER_ELEMENT  # the driver's ``flags`` bits: one numbering for all
-from ..._kernels.tuples import gather, scatter, slices
+from ..._kernels.tuples import gather, scatter, slices, store_each
 
 #: Elements per block of a chunk: the float64 row of a block's losses (4 KiB) stays in L1.
 #: Part of the numerical contract like ``CHUNK`` (a chunk's loss is the sum of its block sums).
@@ -42,6 +42,15 @@ BLOCK = 512
 
 def _loss_kernel(*args):  # placeholders, rebound per loss by ``specialise``
     raise NotImplementedError
+
+
+def _hess_kernel(*args):
+    raise NotImplementedError
+
+
+#: Whether this specialisation writes the Hessian diagonal (a compile-time constant: drivers
+#: compiled without it contain no Hessian code, and their loops keep their machine code)
+_HESS = False
 
 
 def _chunk_stats(gs, row):
@@ -56,7 +65,7 @@ def _stage_block(stage, xc, m):
     raise NotImplementedError
 
 
-def pointwise_chunks(xs, w, gs, loss_out, params, scale, flags, stats, partials, c0, c1):
+def pointwise_chunks(xs, w, gs, hs, loss_out, params, scale, flags, stats, partials, c0, c1):
     """Fused loss/gradient of chunks ``c0`` to ``c1 - 1``, in order, on the calling thread.
 
     The serial path calls this directly for all chunks; the parallel path for pieces of the chunk
@@ -70,6 +79,10 @@ def pointwise_chunks(xs, w, gs, loss_out, params, scale, flags, stats, partials,
         Per-element weights, or an empty array for no weights.
     gs : tuple of 1-D arrays
         Gradient outputs, one per differentiable input (ignored unless ``flags & NEED_GRAD``).
+    hs : tuple of 1-D arrays
+        Outputs of the Hessian diagonal, one per differentiable input, scaled as the gradients
+        (written by drivers specialised with ``_HESS``; ``_hess_kernel`` gives the second
+        derivatives, one number per differentiable input).
     loss_out : 1-D array
         Per-element (weighted) losses for ``reduction="none"`` (used when ``flags & PER_ELEMENT``).
     params : tuple of float
@@ -123,6 +136,7 @@ def pointwise_chunks(xs, w, gs, loss_out, params, scale, flags, stats, partials,
             m = e - b
             xc = _stage_block(stage, slices(xs, b, e), m)
             gc = slices(gs, b, e) if need_grad else gs
+            hc = slices(hs, b, e) if _HESS else hs
             wc = w[b:e] if weighted else w
             for i in range(m):
                 res = _loss_kernel(*gather(xc, i), *params)
@@ -130,6 +144,8 @@ def pointwise_chunks(xs, w, gs, loss_out, params, scale, flags, stats, partials,
                 vals[i] = res[0] * wi
                 if need_grad:
                     scatter(gc, i, res, scale * wi)
+                if _HESS:
+                    store_each(hc, i, _hess_kernel(*gather(xc, i), *params), scale * wi)
             part = 0.0
             for i in range(m):
                 part += vals[i]

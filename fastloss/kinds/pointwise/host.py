@@ -123,6 +123,13 @@ class _Layout:
         """The scalar kernel to compile for these (checked) parameter values."""
         return self.spec.kernel if self.kernel_for is None else self.kernel_for(params)
 
+    def hessian(self) -> Any:
+        """The declared scalar Hessian ``hessian(*inputs, *params) -> h`` (a tuple for several
+        differentiable inputs); ``NotImplementedError`` for a loss that declares none."""
+        if self.spec.hessian is None:
+            raise NotImplementedError(f"{self.spec.name}: no second derivative is declared for this loss")
+        return self.spec.hessian
+
     def ready_inputs(self, inputs) -> tuple[np.ndarray, ...] | None:
         """Flat views of ``inputs`` if they need no conversion, broadcasting or validation, else None."""
         if not self.plain:
@@ -147,6 +154,8 @@ class PointwiseKind:
     #: ``reduction="none"`` backward in the framework adapters (see :mod:`fastloss._adapters`):
     #: scale the saved gradient, unless a differentiable input was broadcast (see ``none_rule``)
     none_backward = "scale"
+    #: ``run`` computes the Hessian diagonal (``need_hess``) of losses that declare ``hessian``
+    hessians = True
 
     def per_sample_shape(self, spec: LossSpec, params, shapes) -> tuple[int, ...]:
         """Shape of the ``reduction="none"`` value for inputs of these shapes (None: omitted): the
@@ -181,31 +190,35 @@ class PointwiseKind:
     def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
         return ()
 
-    def driver(self, spec: LossSpec, stats: bool = False, kernel=None, staged: bool = False):
+    def driver(self, spec: LossSpec, stats: bool = False, kernel=None, staged: bool = False, hessian=None):
         """The compiled :func:`~fastloss.kinds.pointwise.cpu.pointwise_chunks` of ``spec``.
 
         One function serves serial and parallel calls (see :func:`run_driver`). ``stats``: with
         gradient statistics; ``kernel``: the scalar kernel to compile (default ``spec.kernel``; see
-        ``kernel_for``); ``staged``: for calls whose gradient buffer is also an input (in place).
+        ``kernel_for``); ``staged``: for calls whose gradient buffer is also an input (in place);
+        ``hessian``: the scalar Hessian, for a driver that also writes the Hessian diagonal.
         """
         kernel = spec.kernel if kernel is None else kernel
-        key = (kernel, stats, staged)  # not the name: custom losses may share one (or redefine it)
+        key = (kernel, stats, staged, hessian)  # not the name: custom losses may share one (or redefine it)
         drv = self._drivers.get(key)
         if drv is None:
             with _compile_lock:
                 drv = self._drivers.get(key)
                 if drv is None:
-                    drv = self._drivers[key] = self._specialise(spec, kernel, stats, staged)
+                    drv = self._drivers[key] = self._specialise(spec, kernel, stats, staged, hessian)
         return drv
 
-    def _specialise(self, spec: LossSpec, kernel, stats: bool, staged: bool):
+    def _specialise(self, spec: LossSpec, kernel, stats: bool, staged: bool, hessian=None):
         cache = spec.options.get("cache", True)
         # what is bound is part of the identity (and so of the cache key) of a specialisation
         stage = _STAGE_FNS[staged]
-        hashed = (kernel, _STATS_FN[stats], *stage)
+        hashed = (kernel, _STATS_FN[stats], *stage) + ((hessian,) if hessian is not None else ())
         bindings = {"_loss_kernel": scalar_kernel(kernel), "_chunk_stats": _STATS_FN[stats],
-                    "_stage_buffers": stage[0], "_stage_block": stage[1]}
-        return specialise(pointwise_cpu.pointwise_chunks, spec.name, bindings,
+                    "_stage_buffers": stage[0], "_stage_block": stage[1],
+                    # without a Hessian the branch that would call it is compiled out (_HESS is a constant)
+                    "_HESS": hessian is not None, "_hess_kernel": scalar_kernel(hessian or kernel)}
+        name = spec.name if hessian is None else f"{spec.name}_hess"
+        return specialise(pointwise_cpu.pointwise_chunks, name, bindings,
                           parallel=False, hashed=hashed, cache=cache)
 
     def fast_path(self, spec: LossSpec, params: tuple[Param, ...], *, need_value: bool, need_grad: bool,
@@ -349,10 +362,10 @@ class PointwiseKind:
                 if not staged:
                     drivers[kernel] = drv
             if n < config.POINTWISE_SERIAL_BELOW:  # run_driver's first case, without its call and tuple
-                total = drv(xs, empty, gs, empty, kparams, scale, flags, _NO_STATS, _NO_PARTIALS, 0,
-                            (n + chunk - 1) // chunk)
+                total = drv(xs, empty, gs, no_grads[dtype], empty, kparams, scale, flags, _NO_STATS, _NO_PARTIALS,
+                            0, (n + chunk - 1) // chunk)
             else:
-                total = run_driver(drv, (xs, empty, gs, empty, kparams, scale, flags, _NO_STATS), n)
+                total = run_driver(drv, (xs, empty, gs, no_grads[dtype], empty, kparams, scale, flags, _NO_STATS), n)
             value = dtype.type(total * scale if reduction == "mean" else total)
             if not need_grad:
                 return value
@@ -365,7 +378,10 @@ class PointwiseKind:
 
         return fast
 
-    def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False):
+    def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False,
+            need_hess=False, hess_out=None):
+        """One call: checks, buffers, one fused driver pass. ``need_hess``: also the Hessian
+        diagonal, into ``hess_out`` (one array, or a tuple per differentiable input) when given."""
         name = spec.name
         layout = self._layout(spec)
         diff = layout.diff
@@ -397,6 +413,13 @@ class PointwiseKind:
             check_domains(spec, params, originals)
             xs = tuple([flat_contiguous(a, shape, dtype) for a in arrays])
         outs = check_outs(name, layout.names, diff, out, originals, weight) if need_grad else None
+        houts = None
+        if need_hess:
+            hessian = layout.hessian()
+            houts = check_outs(name, layout.names, diff, hess_out, originals, weight)
+            for h in houts:  # a Hessian buffer must not share memory with a gradient buffer
+                if h is not None and any(g is not None and np.may_share_memory(h, g) for g in outs or ()):
+                    raise ValueError(f"{name}: out= gives the gradient and the Hessian overlapping buffers")
         n = xs[0].size
         denom = float(n)
         if weight is not None:
@@ -413,6 +436,8 @@ class PointwiseKind:
             gs = tuple([self._grad_buffer(o, originals[k], shape, dtype) for o, k in zip(outs, diff)])
         else:
             gs = (_empty(dtype),) * len(diff)
+        # the Hessian always goes through private buffers (copied into ``hess_out`` at the end)
+        hs = tuple([_buffers.empty(n, dtype) for _ in diff]) if need_hess else (_empty(dtype),) * len(diff)
         per_element = need_value and reduction == "none"
         loss_out = _buffers.empty(n, dtype) if per_element else _empty(dtype)
         flags = (
@@ -426,8 +451,8 @@ class PointwiseKind:
         staged = out is not None and need_grad and any(np.may_share_memory(g, x) for g in gs for x in xs)
         total = 0.0
         if n:
-            drv = self.driver(spec, stats, layout.kernel(params), staged)
-            total = run_driver(drv, (xs, w, gs, loss_out, spec.kernel_params(params), scale, flags, stat_rows), n)
+            drv = self.driver(spec, stats, layout.kernel(params), staged, hessian if need_hess else None)
+            total = run_driver(drv, (xs, w, gs, hs, loss_out, spec.kernel_params(params), scale, flags, stat_rows), n)
 
         value = None
         if need_value:
@@ -439,7 +464,13 @@ class PointwiseKind:
                 self._finish_grad(g, arrays[k], originals[k].shape, outs[j], shape)
                 for j, (g, k) in enumerate(zip(gs, diff))
             )
-        return Result(value, grads, _stats.combine(stat_rows) if stats else None)
+        hess = ()
+        if need_hess:
+            hess = tuple(
+                self._finish_grad(h, arrays[k], originals[k].shape, houts[j], shape)
+                for j, (h, k) in enumerate(zip(hs, diff))
+            )
+        return Result(value, grads, _stats.combine(stat_rows) if stats else None, hess)
 
     @staticmethod
     def _grad_buffer(out, own, shape, dtype) -> np.ndarray:
