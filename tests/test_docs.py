@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 from docsgen import apiref, catalogue, generated, plots, site  # noqa: E402
 
 #: Optional packages a docs example may need: without them the page is skipped, not failed.
-OPTIONAL = {"torch", "jax", "jaxlib", "dask", "distributed", "pyarrow", "cupy", "rich", "matplotlib"}
+OPTIONAL = {"torch", "jax", "jaxlib", "dask", "distributed", "pyarrow", "cupy", "rich", "matplotlib", "xgboost",
+            "lightgbm", "sklearn"}
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
                     re.M | re.S)

@@ -1,0 +1,98 @@
+"""LightGBM custom objectives and metrics from fastloss losses.
+
+::
+
+    import fastloss.lightgbm as fll
+
+    booster = lgb.train({"objective": fll.objective("huber", delta=1.0)}, train_set,
+                        feval=fll.metric("huber", delta=1.0))
+    model = lgb.LGBMRegressor(objective=fll.objective("huber", delta=1.0)).fit(X, y, sample_weight=w)
+
+The objective returns, per sample, the gradient and the Hessian of ``w_i * loss(pred_i, label_i)``
+with respect to the raw score (``fastloss.<loss>.grad_hess(..., weight=w, reduction="sum")``): the
+sample weights of the ``Dataset`` (``get_weight()``) or of ``fit(sample_weight=...)`` are applied
+here, as LightGBM expects of a custom objective. Both signatures LightGBM 4 uses are accepted:
+``f(preds, dataset)`` for ``lgb.train`` and ``f(y_true, y_pred, weight)`` for the scikit-learn
+wrappers. The Hessian convention is the loss's own (see its docstring): the true second derivative,
+or 1 where that is zero almost everywhere (``mae``, ``quantile``, ``hinge``), as scikit-learn's
+``gradient_hessian`` does. Pointwise losses on the CPU; LightGBM itself is not imported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _boosting
+from ._api import Loss
+
+__all__ = ["Metric", "Objective", "metric", "objective"]
+
+_ADAPTER = "fastloss.lightgbm"
+
+
+class Objective:
+    """A custom objective for ``lgb.train`` and the scikit-learn wrappers (see :func:`objective`)."""
+
+    def __init__(self, loss: str | Loss, params: dict[str, Any]):
+        self.loss = _boosting.resolve(_ADAPTER, loss, params, second_order=True)
+        self.params = params
+        self.__name__ = self.loss.spec.name
+
+    def __call__(self, a, b, weight=None):
+        """``(preds, dataset)`` from ``lgb.train``, or ``(y_true, y_pred, weight)`` from a wrapper."""
+        if hasattr(b, "get_label"):
+            return _boosting.grad_hess(self.loss, self.params, a, b.get_label(), b.get_weight())
+        return _boosting.grad_hess(self.loss, self.params, b, a, weight)
+
+
+class Metric:
+    """A custom metric for ``lgb.train(feval=...)`` and the wrappers' ``eval_metric`` (see :func:`metric`)."""
+
+    def __init__(self, loss: str | Loss, params: dict[str, Any]):
+        self.loss = _boosting.resolve(_ADAPTER, loss, params, second_order=False)
+        self.params = params
+        self.__name__ = self.loss.spec.name
+
+    def __call__(self, a, b, weight=None):
+        """``(name, value, is_higher_better)`` for ``(preds, dataset)`` or ``(y_true, y_pred, weight)``."""
+        if hasattr(b, "get_label"):
+            value = _boosting.mean_value(self.loss, self.params, a, b.get_label(), b.get_weight())
+        else:
+            value = _boosting.mean_value(self.loss, self.params, b, a, weight)
+        return self.__name__, value, False
+
+
+def objective(loss: str | Loss, **params) -> Objective:
+    """A LightGBM custom objective: the per-sample gradient and Hessian of a fastloss loss.
+
+    Parameters
+    ----------
+    loss : str or Loss
+        A loss name (``"huber"``) or a loss with a declared Hessian (pointwise losses).
+    **params
+        The loss's hyper-parameters, checked now.
+
+    Returns
+    -------
+    Objective
+        ``f(preds, dataset) -> (grad, hess)`` for ``lgb.train({"objective": f}, ...)``, also usable as
+        ``LGBMRegressor(objective=f)`` (``f(y_true, y_pred, weight=None)``).
+
+    Raises
+    ------
+    NotImplementedError
+        The loss has no Hessian yet.
+    """
+    return Objective(loss, params)
+
+
+def metric(loss: str | Loss, **params) -> Metric:
+    """A LightGBM custom metric: the (sample-weighted) mean of a fastloss loss.
+
+    Returns
+    -------
+    Metric
+        ``m(preds, dataset)`` for ``lgb.train(..., feval=m)``, also a wrapper's ``eval_metric``
+        (``m(y_true, y_pred, weight=None)``): ``(name, value, is_higher_better=False)``.
+    """
+    return Metric(loss, params)
