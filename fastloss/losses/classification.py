@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import math
 
-from .._api import register
+from .._api import family
 from .._compile import inline_helper
 from .._config import FASTMATH
 
 # mathfn's pow (not ``**``): a libm call per element would keep the driver loop scalar
 from .._kernels.mathfn import pow, sigmoid, softplus_sigmoid
-from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
+from .._spec import Discrete, Input, Interval, Param, Properties
 
 LOGITS = Input("pred", "Logits (unnormalised scores).", differentiable=True)
 PROB_TARGET = Input("target", "Target probabilities (0/1 labels or soft labels).", Interval(0.0, 1.0))
 SIGN_TARGET = Input("target", "Labels in {-1, +1} (``0`` is read as -1).", Discrete((-1.0, 0.0, 1.0)))
+
+#: losses of a logit against a target probability
+_on_logits = family("pointwise", inputs=(LOGITS, PROB_TARGET))
+#: margin losses of a decision score against a label in {-1, +1}
+_margin = family(
+    "pointwise",
+    inputs=(Input("pred", "Decision scores.", differentiable=True), SIGN_TARGET),
+    params=(Param("margin", 1.0, "Margin", Interval(0.0, math.inf)),),
+    semantics="Labels ``{0, 1}`` are accepted and read as ``{-1, +1}``; other values raise ``ValueError``.",
+)
 
 
 # pieces shared by the kernels below, inlined into them
@@ -39,11 +49,8 @@ def _bce_pos_weights(pred, target, pos_weight):
     return _bce_terms(pred, target, pos_weight)
 
 
-binary_cross_entropy = register(LossSpec(
-    name="binary_cross_entropy",
-    kind="pointwise",
-    kernel=_bce,
-    inputs=(LOGITS, PROB_TARGET),
+binary_cross_entropy = _on_logits(
+    "binary_cross_entropy", _bce,
     params=(Param("pos_weight", 1.0, "Weight of the positive term: a scalar, or an array broadcastable to "
                   "``target`` (e.g. one weight per class, shape ``(C,)``, in multi-label training)",
                   Interval(0.0, math.inf), array=True),),
@@ -64,7 +71,7 @@ binary_cross_entropy = register(LossSpec(
     >>> round(float(fl.binary_cross_entropy(np.array([2.0, -1.0]), np.array([1.0, 0.0]))), 6)
     0.220095
     """,
-))
+)
 
 
 @_piece
@@ -117,11 +124,8 @@ def _sigmoid_focal_gamma2(pred, target, alpha, gamma):
     return _focal_finish(r, target, ce, m * m, 2.0 * m * dm, alpha)
 
 
-sigmoid_focal = register(LossSpec(
-    name="sigmoid_focal",
-    kind="pointwise",
-    kernel=_sigmoid_focal,
-    inputs=(LOGITS, PROB_TARGET),
+sigmoid_focal = _on_logits(
+    "sigmoid_focal", _sigmoid_focal,
     options={"kernel_for": lambda params: _sigmoid_focal_gamma2 if params["gamma"] == 2.0 else _sigmoid_focal},
     params=(
         Param("alpha", 0.25, "Weight of positives (negative: no weighting)", Interval(-math.inf, 1.0), special=(-1.0,)),
@@ -142,7 +146,7 @@ sigmoid_focal = register(LossSpec(
     >>> round(float(fl.sigmoid_focal(np.array([2.0, -1.0]), np.array([1.0, 0.0]))), 6)
     0.008722
     """,
-))
+)
 
 
 def _hinge(pred, target, margin):
@@ -159,18 +163,13 @@ def _margin_safe(inputs, params, h):
     return np.abs(params["margin"] - y * np.asarray(inputs[0], dtype=float)) > 4 * h
 
 
-hinge = register(LossSpec(
-    name="hinge",
-    kind="pointwise",
-    kernel=_hinge,
-    inputs=(Input("pred", "Decision scores.", differentiable=True), SIGN_TARGET),
-    params=(Param("margin", 1.0, "Margin", Interval(0.0, math.inf)),),
+hinge = _margin(
+    "hinge", _hinge,
     summary="Hinge loss of a binary classifier.",
     formula=r"\ell = \max(0, m - y x),\quad y \in \{-1, +1\}",
     gradient=r"\partial \ell / \partial x = -y \text{ if } y x < m \text{ else } 0",
     reference="Cortes, C., Vapnik, V. (1995). Support-vector networks. Machine Learning 20(3).",
     equivalents={"optax": "optax.losses.hinge_loss", "scikit-learn": "sklearn.metrics.hinge_loss"},
-    semantics="Labels ``{0, 1}`` are accepted and read as ``{-1, +1}``; other values raise ``ValueError``.",
     properties=Properties("binary classification", "low (linear)", "constant or zero", "linear SVMs, max-margin", "low"),
     fd_safe=_margin_safe,
     example="""
@@ -178,7 +177,7 @@ hinge = register(LossSpec(
     >>> float(fl.hinge(np.array([0.5, -2.0]), np.array([1, 0])))
     0.25
     """,
-))
+)
 
 
 def _squared_hinge(pred, target, margin):
@@ -188,18 +187,13 @@ def _squared_hinge(pred, target, margin):
     return (m * m if active else 0.0), (-2.0 * y * m if active else 0.0)
 
 
-squared_hinge = register(LossSpec(
-    name="squared_hinge",
-    kind="pointwise",
-    kernel=_squared_hinge,
-    inputs=(Input("pred", "Decision scores.", differentiable=True), SIGN_TARGET),
-    params=(Param("margin", 1.0, "Margin", Interval(0.0, math.inf)),),
+squared_hinge = _margin(
+    "squared_hinge", _squared_hinge,
     summary="Squared hinge loss of a binary classifier (differentiable at the margin).",
     formula=r"\ell = \max(0, m - y x)^2,\quad y \in \{-1, +1\}",
     gradient=r"\partial \ell / \partial x = -2 y \max(0, m - y x)",
     reference="Lee, C.-P., Lin, C.-J. (2013). A Study on L2-Loss (Squared Hinge-Loss) Multiclass SVM. Neural Computation 25(5).",
     equivalents={"TensorFlow": "tf.keras.losses.squared_hinge", "scikit-learn": "LinearSVC(loss='squared_hinge')"},
-    semantics="Labels ``{0, 1}`` are accepted and read as ``{-1, +1}``; other values raise ``ValueError``.",
     properties=Properties("binary classification", "medium (quadratic)", "linear in the margin violation",
                           "L2-SVMs", "low"),
     example="""
@@ -207,4 +201,4 @@ squared_hinge = register(LossSpec(
     >>> float(fl.squared_hinge(np.array([0.5, -2.0]), np.array([1, 0])))
     0.125
     """,
-))
+)

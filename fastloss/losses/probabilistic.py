@@ -6,12 +6,14 @@ import math
 
 import numpy as np
 
-from .._api import register
+from .._api import family
 from .._compile import scalar_kernel
 from .._kernels.mathfn import exp, log
-from .._spec import Input, Interval, LossSpec, Param, Properties
+from .._spec import Input, Interval, Param, Properties
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+#: negative log-likelihoods of an observation under a predicted distribution, per element
+_nll = family("pointwise")
 
 
 def _poisson_nll(pred, target, log_input, full, eps):
@@ -54,10 +56,8 @@ def _poisson_fixed(log_input: bool, full: bool):
 
 _POISSON_FIXED = {(li, fu): _poisson_fixed(li, fu) for li in (False, True) for fu in (False, True)}
 
-poisson_nll = register(LossSpec(
-    name="poisson_nll",
-    kind="pointwise",
-    kernel=_poisson_nll,
+poisson_nll = _nll(
+    "poisson_nll", _poisson_nll,
     inputs=(
         Input("pred", "Predicted rate (log-rate when ``log_input``).", differentiable=True),
         Input("target", "Observed counts.", Interval(0.0, math.inf)),
@@ -82,7 +82,7 @@ poisson_nll = register(LossSpec(
     >>> round(float(fl.poisson_nll(np.array([0.0, 1.0]), np.array([1.0, 2.0]))), 6)
     0.859141
     """,
-))
+)
 
 
 def _gaussian_nll(pred, target, var, full, eps):
@@ -105,10 +105,8 @@ def _gaussian_var_shape(arrays):
     return [pred, target, var]
 
 
-gaussian_nll = register(LossSpec(
-    name="gaussian_nll",
-    kind="pointwise",
-    kernel=_gaussian_nll,
+gaussian_nll = _nll(
+    "gaussian_nll", _gaussian_nll,
     inputs=(
         Input("pred", "Predicted means.", differentiable=True),
         Input("target", "Observations."),
@@ -138,4 +136,4 @@ gaussian_nll = register(LossSpec(
     >>> round(float(loss), 6), float(g_mean[0]), float(g_var[0])
     (0.596574, 0.5, 0.125)
     """,
-))
+)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from .._api import register
+from .._api import family
 from .._kernels.mathfn import softplus_sigmoid
-from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
+from .._spec import Discrete, Input, Interval, Param, Properties
+
+#: losses of pairs of scores: one value per pair, gradients for both scores
+_pairwise = family("pointwise")
 
 
 def _margin_ranking(x1, x2, target, margin):
@@ -21,10 +24,8 @@ def _margin_ranking_safe(inputs, params, h):
     return np.abs(params["margin"] - y * (x1 - x2)) > 4 * h
 
 
-margin_ranking = register(LossSpec(
-    name="margin_ranking",
-    kind="pointwise",
-    kernel=_margin_ranking,
+margin_ranking = _pairwise(
+    "margin_ranking", _margin_ranking,
     inputs=(
         Input("x1", "Scores of the first items.", differentiable=True),
         Input("x2", "Scores of the second items, broadcastable to ``x1``.", differentiable=True),
@@ -53,7 +54,7 @@ margin_ranking = register(LossSpec(
     >>> g1
     array([ 0.        , -0.33333333,  0.33333333])
     """,
-))
+)
 
 
 def _bpr(pos, neg):
@@ -63,10 +64,8 @@ def _bpr(pos, neg):
     return sp, -s, s
 
 
-bpr = register(LossSpec(
-    name="bpr",
-    kind="pointwise",
-    kernel=_bpr,
+bpr = _pairwise(
+    "bpr", _bpr,
     inputs=(
         Input("pos_scores", "Scores of the positive (observed) items.", differentiable=True),
         Input("neg_scores", "Scores of the sampled negative items, broadcastable to ``pos_scores`` "
@@ -91,4 +90,4 @@ bpr = register(LossSpec(
     >>> g_pos
     array([-0.05960146, -0.31122967])
     """,
-))
+)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 
-from .._api import register
+from .._api import family
 from .._compile import inline_helper
 from .._kernels.mathfn import exp, expm1, log1p, softplus, tanh
-from .._spec import Input, Interval, LossSpec, Param, Properties
+from .._spec import Input, Interval, Param, Properties
 from ._common import sign
 
 PRED = Input("pred", "Predictions.", differentiable=True)
 TARGET = Input("target", "Targets, broadcastable to ``pred``.")
 LN2 = math.log(2.0)
+#: the regression losses: ``pred`` against ``target``, per element
+_residual = family("pointwise", inputs=(PRED, TARGET))
 
 
 def _away_from(*kinks):
@@ -35,11 +37,8 @@ def _mse(pred, target):
     return d * d, 2.0 * d
 
 
-mse = register(LossSpec(
-    name="mse",
-    kind="pointwise",
-    kernel=_mse,
-    inputs=(PRED, TARGET),
+mse = _residual(
+    "mse", _mse,
     summary="Mean squared error.",
     formula=r"\ell(x, y) = (x - y)^2",
     gradient=r"\partial \ell / \partial x = 2 (x - y)",
@@ -57,7 +56,7 @@ mse = register(LossSpec(
     >>> fl.mse.grad(pred, target)
     array([ 0.33333333,  1.33333333, -0.66666667])
     """,
-))
+)
 
 
 def _mae(pred, target):
@@ -65,11 +64,8 @@ def _mae(pred, target):
     return abs(d), sign(d)
 
 
-mae = register(LossSpec(
-    name="mae",
-    kind="pointwise",
-    kernel=_mae,
-    inputs=(PRED, TARGET),
+mae = _residual(
+    "mae", _mae,
     summary="Mean absolute error (L1 loss).",
     formula=r"\ell(x, y) = |x - y|",
     gradient=r"\partial \ell / \partial x = \operatorname{sign}(x - y)\quad(0 \text{ at } x = y)",
@@ -83,7 +79,7 @@ mae = register(LossSpec(
     >>> round(float(fl.mae(np.array([0.5, 2.0, -1.0]), np.zeros(3))), 6)
     1.166667
     """,
-))
+)
 
 
 def _huber(pred, target, delta):
@@ -95,11 +91,8 @@ def _huber(pred, target, delta):
     return g * (d - 0.5 * g), g
 
 
-huber = register(LossSpec(
-    name="huber",
-    kind="pointwise",
-    kernel=_huber,
-    inputs=(PRED, TARGET),
+huber = _residual(
+    "huber", _huber,
     params=(Param("delta", 1.0, "Threshold between the quadratic and linear regimes", Interval(0.0, math.inf, (False, False))),),
     summary="Huber loss: quadratic near zero, linear beyond ``delta``.",
     formula=r"\ell = \begin{cases} \tfrac12 d^2 & |d| < \delta \\ \delta (|d| - \tfrac12 \delta) & \text{otherwise} \end{cases},\quad d = x - y",
@@ -115,7 +108,7 @@ huber = register(LossSpec(
     >>> round(float(fl.huber(np.array([0.5, 2.0, -1.0]), np.zeros(3), delta=1.0)), 6)
     0.708333
     """,
-))
+)
 
 
 def _smooth_l1(pred, target, beta):
@@ -127,11 +120,8 @@ def _smooth_l1(pred, target, beta):
     return value, grad
 
 
-smooth_l1 = register(LossSpec(
-    name="smooth_l1",
-    kind="pointwise",
-    kernel=_smooth_l1,
-    inputs=(PRED, TARGET),
+smooth_l1 = _residual(
+    "smooth_l1", _smooth_l1,
     params=(Param("beta", 1.0, "Width of the quadratic region (0 gives the L1 loss)", Interval(0.0, math.inf, (True, False)),
                   special=(0.0,)),),
     summary="Smooth L1 loss: Huber loss divided by ``beta``.",
@@ -147,7 +137,7 @@ smooth_l1 = register(LossSpec(
     >>> float(fl.smooth_l1(np.array([0.5, 2.0]), np.zeros(2), beta=1.0))
     0.8125
     """,
-))
+)
 
 
 #: Below this |d| log_cosh uses its small-residual form (both are within 3 ulp around it).
@@ -170,11 +160,8 @@ def _log_cosh(pred, target):
     return (small if a < LOG_COSH_SMALL else large), t
 
 
-log_cosh = register(LossSpec(
-    name="log_cosh",
-    kind="pointwise",
-    kernel=_log_cosh,
-    inputs=(PRED, TARGET),
+log_cosh = _residual(
+    "log_cosh", _log_cosh,
     summary="Log-cosh loss: smooth, quadratic near zero and linear in the tails.",
     formula=r"\ell = \log\cosh(x - y)",
     gradient=r"\partial \ell / \partial x = \tanh(x - y)",
@@ -187,7 +174,7 @@ log_cosh = register(LossSpec(
     >>> round(float(fl.log_cosh(np.array([0.0, 1.0]), np.zeros(2))), 6)
     0.21689
     """,
-))
+)
 
 
 # the contract flag only: with the kernels' ``reassoc``, LLVM factors ``t/2 - p/2`` back into ``(t - p)/2``
@@ -216,11 +203,8 @@ def _quantile(pred, target, q):
     return (q * d if above else (q - 1.0) * d) / s, (grad if d == d else d)  # NaN residual -> NaN gradient
 
 
-quantile = register(LossSpec(
-    name="quantile",
-    kind="pointwise",
-    kernel=_quantile,
-    inputs=(PRED, TARGET),
+quantile = _residual(
+    "quantile", _quantile,
     params=(Param("q", 0.5, "Quantile level", Interval(0.0, 1.0, (False, False))),),
     summary="Quantile (pinball) loss.",
     formula=r"\ell = \max\bigl(q (y - x), (q - 1)(y - x)\bigr)",
@@ -235,7 +219,7 @@ quantile = register(LossSpec(
     >>> float(fl.quantile(np.array([0.0, 2.0]), np.array([1.0, 1.0]), q=0.9))
     0.5
     """,
-))
+)
 
 
 def _robust(pred, target, alpha, scale):
@@ -261,11 +245,8 @@ def _robust(pred, target, alpha, scale):
     return value, grad
 
 
-robust = register(LossSpec(
-    name="robust",
-    kind="pointwise",
-    kernel=_robust,
-    inputs=(PRED, TARGET),
+robust = _residual(
+    "robust", _robust,
     params=(
         Param("alpha", 1.0, "Shape: 2 is L2, 1 pseudo-Huber, 0 Cauchy, -2 Geman-McClure, -inf Welsch",
               Interval(-math.inf, math.inf, (True, False)), special=(2.0, 0.0, -math.inf, -2.0, 1e-7, 2.0 - 1e-7)),
@@ -286,4 +267,4 @@ robust = register(LossSpec(
     >>> round(float(fl.robust(np.array([3.0]), np.zeros(1), alpha=0.0)), 6)
     1.704748
     """,
-))
+)

@@ -7,11 +7,13 @@ penalties ``||w||_1`` and ``0.5 ||w||_2^2`` are ``reduction="sum"``.
 
 from __future__ import annotations
 
-from .._api import register
-from .._spec import Input, LossSpec, Properties
+from .._api import family
+from .._spec import Input, Properties
 from ._common import sign
 
 PARAMS = Input("x", "Parameter array to penalise (e.g. a weight matrix).", differentiable=True)
+#: the penalties: one parameter array, per element
+_penalty = family("pointwise", inputs=(PARAMS,))
 
 
 def _away_from_zero(inputs, params, h):
@@ -24,11 +26,8 @@ def _l1(x):
     return abs(x), sign(x)
 
 
-l1 = register(LossSpec(
-    name="l1",
-    kind="pointwise",
-    kernel=_l1,
-    inputs=(PARAMS,),
+l1 = _penalty(
+    "l1", _l1,
     summary="L1 penalty (lasso): the absolute value of each parameter.",
     formula=r"\ell(x) = |x|\qquad(\text{``sum'' reduction: } \|x\|_1)",
     gradient=r"\partial \ell / \partial x = \operatorname{sign}(x)\quad(0 \text{ at } x = 0)",
@@ -42,18 +41,15 @@ l1 = register(LossSpec(
     >>> float(fl.l1(np.array([0.5, -2.0, 0.0]), reduction="sum"))
     2.5
     """,
-))
+)
 
 
 def _l2(x):
     return 0.5 * x * x, x
 
 
-l2 = register(LossSpec(
-    name="l2",
-    kind="pointwise",
-    kernel=_l2,
-    inputs=(PARAMS,),
+l2 = _penalty(
+    "l2", _l2,
     summary="L2 penalty (ridge, weight decay): half the square of each parameter.",
     formula=r"\ell(x) = \tfrac12 x^2\qquad(\text{``sum'' reduction: } \tfrac12 \|x\|_2^2)",
     gradient=r"\partial \ell / \partial x = x",
@@ -70,4 +66,4 @@ l2 = register(LossSpec(
     >>> fl.l2.grad(np.array([1.0, -2.0]), reduction="sum")
     array([ 1., -2.])
     """,
-))
+)
