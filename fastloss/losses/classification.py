@@ -67,7 +67,6 @@ binary_cross_entropy = _on_logits(
     properties=Properties("binary / multi-label classification", "medium", "bounded in (-p_w, 1)",
                           "probabilistic classifiers, multi-label outputs", "medium (exp, log)"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> round(float(fl.binary_cross_entropy(np.array([2.0, -1.0]), np.array([1.0, 0.0]))), 6)
     0.220095
     """,
@@ -142,7 +141,6 @@ sigmoid_focal = _on_logits(
     properties=Properties("binary / multi-label classification", "low (easy examples down-weighted)",
                           "vanishes on well-classified examples", "dense detection, class imbalance", "medium"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> round(float(fl.sigmoid_focal(np.array([2.0, -1.0]), np.array([1.0, 0.0]))), 6)
     0.008722
     """,
@@ -173,7 +171,6 @@ hinge = _margin(
     properties=Properties("binary classification", "low (linear)", "constant or zero", "linear SVMs, max-margin", "low"),
     fd_safe=_margin_safe,
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> float(fl.hinge(np.array([0.5, -2.0]), np.array([1, 0])))
     0.25
     """,
@@ -197,7 +194,6 @@ squared_hinge = _margin(
     properties=Properties("binary classification", "medium (quadratic)", "linear in the margin violation",
                           "L2-SVMs", "low"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> float(fl.squared_hinge(np.array([0.5, -2.0]), np.array([1, 0])))
     0.125
     """,

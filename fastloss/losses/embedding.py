@@ -88,7 +88,6 @@ contrastive = _pair(
                           "linear in the distance", "siamese networks, verification", "low"),
     fd_safe=lambda inputs, params, h: _distance_away_from(inputs, params["margin"], h),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> x1 = np.array([[0.0, 0.0], [1.0, 0.0]])
     >>> x2 = np.array([[3.0, 4.0], [0.6, 0.3]])
     >>> float(fl.contrastive(x1, x2, np.array([1, 0]), margin=1.0))
@@ -252,7 +251,6 @@ triplet_margin = _rows(
     options=row_options(variant=lambda params: _TRIPLET_L2 if params["p"] == 2.0 else None),
     fd_safe=_triplet_safe,
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> a = np.array([[0.0, 0.0], [1.0, 1.0]])
     >>> p = np.array([[0.0, 1.0], [1.0, 2.0]])
     >>> n = np.array([[1.5, 0.0], [4.0, 5.0]])
@@ -325,7 +323,6 @@ cosine_embedding = _pair(
                           "semantic similarity, retrieval", "low"),
     fd_safe=_cosine_safe,
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> x1 = np.array([[3.0, 4.0], [1.0, 0.0]])
     >>> x2 = np.array([[4.0, 3.0], [1.0, 1.0]])
     >>> fl.cosine_embedding(x1, x2, np.array([1, -1]), reduction="none")
@@ -386,7 +383,6 @@ info_nce = _in_batch(
                           "``\"none\"``)."),
     },
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> z1 = np.array([[1.0, 0.0], [0.0, 1.0]])
     >>> z2 = np.array([[2.0, 0.0], [1.0, 1.0]])
     >>> round(float(fl.info_nce(z1, z2, temperature=0.5)), 6)

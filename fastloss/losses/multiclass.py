@@ -86,7 +86,6 @@ _of_log_p = family("rowwise", inputs=(LOGITS, INDEX_TARGET), options=_options())
 
 #: the example of a loss of logits and class indices: two samples of three classes
 _INDEX_EXAMPLE = """
-    >>> import numpy as np, fastloss as fl
     >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
     >>> round(float(fl.{name}(logits, np.array([0, 2]))), 6)
     {value}
@@ -303,7 +302,6 @@ cross_entropy = _rowwise(
     properties=Properties("multiclass classification", "medium (log-loss grows linearly in the logit margin)",
                           "bounded: softmax minus target", "classifiers, language models", "medium (one exp per logit)"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
     >>> round(float(fl.cross_entropy(logits, np.array([0, 2]))), 6)
     0.896378
@@ -427,7 +425,6 @@ multiclass_hinge = _rowwise(
                           "multiclass SVMs, max-margin training", "low"),
     fd_safe=_hinge_safe,
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> scores = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
     >>> round(float(fl.multiclass_hinge(scores, np.array([0, 2]))), 6)
     0.5
@@ -471,7 +468,6 @@ kl_divergence = _rowwise(
     properties=Properties("distribution matching", "medium", "bounded: softmax minus target",
                           "knowledge distillation, soft labels", "medium (one exp per logit, one log per target)"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> logits = np.array([[2.0, 0.5, -1.0]])
     >>> round(float(fl.kl_divergence(logits, np.array([[0.5, 0.5, 0.0]]))), 6)
     0.298164

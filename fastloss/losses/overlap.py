@@ -84,7 +84,6 @@ def _dice_grad(j, x, t, coefs, smooth, from_logits):
 
 
 _MASK_EXAMPLE = """
-    >>> import numpy as np, fastloss as fl
     >>> probs = np.array([[[0.9, 0.2], [0.8, 0.1]]])      # one 2 x 2 mask
     >>> target = np.array([[[1.0, 0.0], [1.0, 0.0]]])
     >>> round(float(fl.{name}(probs, target, from_logits=False)), 6)
@@ -305,7 +304,6 @@ giou = _boxes(
                         sample_inputs=_sample_boxes),
     fd_safe=_giou_safe,
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> pred = np.array([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
     >>> target = np.array([[1.0, 1.0, 3.0, 3.0], [2.0, 0.0, 3.0, 1.0]])
     >>> fl.giou(pred, target, reduction="none")

@@ -78,7 +78,6 @@ poisson_nll = _nll(
     semantics="Matches ``torch.nn.functional.poisson_nll_loss`` including ``full`` (Stirling term where target > 1).",
     properties=Properties("count regression", "medium", "exponential in the log-rate", "event counts, rates", "medium (exp)"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> round(float(fl.poisson_nll(np.array([0.0, 1.0]), np.array([1.0, 2.0]))), 6)
     0.859141
     """,
@@ -131,7 +130,6 @@ gaussian_nll = _nll(
     # below eps the clamp makes the loss flat in var while PyTorch (and we) pass the gradient through
     fd_safe=lambda inputs, params, h: np.asarray(inputs[2]) > params["eps"] + 4 * h,
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> loss, (g_mean, g_var) = fl.gaussian_nll.value_and_grad(np.array([1.0]), np.array([0.0]), np.array([2.0]))
     >>> round(float(loss), 6), float(g_mean[0]), float(g_var[0])
     (0.596574, 0.5, 0.125)

@@ -46,7 +46,6 @@ margin_ranking = _pairwise(
                           "learning to rank, preference pairs", "low"),
     fd_safe=_margin_ranking_safe,
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> x1, x2, y = np.array([0.8, 0.2, 0.5]), np.array([0.3, 0.6, 0.1]), np.array([1, 1, -1])
     >>> round(float(fl.margin_ranking(x1, x2, y, margin=0.1)), 6)
     0.333333
@@ -82,7 +81,6 @@ bpr = _pairwise(
     properties=Properties("ranking (implicit feedback)", "low (linear for large violations)",
                           "bounded in (-1, 1)", "recommender systems with sampled negatives", "medium (exp, log)"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> pos, neg = np.array([2.0, 0.5]), np.array([0.0, 1.0])
     >>> round(float(fl.bpr(pos, neg)), 6)
     0.550502

@@ -49,7 +49,6 @@ mse = _residual(
     properties=Properties("regression", "high (quadratic)", "linear in the residual, unbounded",
                           "Gaussian noise, mean regression", "low"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> pred, target = np.array([0.5, 2.0, -1.0]), np.zeros(3)
     >>> float(fl.mse(pred, target))
     1.75
@@ -75,7 +74,6 @@ mae = _residual(
     properties=Properties("regression", "low", "constant magnitude (sign)", "median regression, robust fits", "low"),
     fd_safe=_away_from(),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> round(float(fl.mae(np.array([0.5, 2.0, -1.0]), np.zeros(3))), 6)
     1.166667
     """,
@@ -104,7 +102,6 @@ huber = _residual(
     properties=Properties("regression", "low (linear tails)", "bounded by delta", "regression with outliers", "low"),
     fd_safe=_away_from("delta"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> round(float(fl.huber(np.array([0.5, 2.0, -1.0]), np.zeros(3), delta=1.0)), 6)
     0.708333
     """,
@@ -133,7 +130,6 @@ smooth_l1 = _residual(
     properties=Properties("regression", "low", "bounded by 1", "bounding-box regression", "low"),
     fd_safe=_away_from("beta"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> float(fl.smooth_l1(np.array([0.5, 2.0]), np.zeros(2), beta=1.0))
     0.8125
     """,
@@ -170,7 +166,6 @@ log_cosh = _residual(
     semantics="Matches ``optax.losses.log_cosh``; stable for any residual.",
     properties=Properties("regression", "low", "smooth, bounded by 1", "smooth robust regression", "medium (exp)"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> round(float(fl.log_cosh(np.array([0.0, 1.0]), np.zeros(2))), 6)
     0.21689
     """,
@@ -215,7 +210,6 @@ quantile = _residual(
     properties=Properties("regression", "low", "constant (two levels)", "prediction intervals, quantile regression", "low"),
     fd_safe=_away_from(),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> float(fl.quantile(np.array([0.0, 2.0]), np.array([1.0, 1.0]), q=0.9))
     0.5
     """,
@@ -263,7 +257,6 @@ robust = _residual(
     properties=Properties("regression", "tunable: from high (alpha=2) to none (alpha<=0)",
                           "bounded for alpha<=1, redescending for alpha<0", "robust fitting with unknown noise", "medium"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> round(float(fl.robust(np.array([3.0]), np.zeros(1), alpha=0.0)), 6)
     1.704748
     """,

@@ -37,7 +37,6 @@ l1 = _penalty(
     properties=Properties("regularisation", "n/a", "constant magnitude (sign)", "sparse weights (lasso)", "low"),
     fd_safe=_away_from_zero,
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> float(fl.l1(np.array([0.5, -2.0, 0.0]), reduction="sum"))
     2.5
     """,
@@ -60,7 +59,6 @@ l2 = _penalty(
               "PyTorch's ``weight_decay`` term ``lambda * x``.",
     properties=Properties("regularisation", "n/a", "linear in the parameter", "ridge, weight decay", "low"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> float(fl.l2(np.array([1.0, -2.0]), reduction="sum"))
     2.5
     >>> fl.l2.grad(np.array([1.0, -2.0]), reduction="sum")
