@@ -10,6 +10,7 @@ the declaration.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -237,3 +238,18 @@ def register(spec: LossSpec) -> Loss:
     loss = Loss(spec)
     REGISTRY[spec.name] = loss
     return loss
+
+
+def family(kind: str, **shared: Any) -> Callable[..., Loss]:
+    """The declaration function of a family of losses: what its losses share is said once.
+
+    ``family("pointwise", inputs=(PRED, TARGET))`` returns ``declare(name, kernel, **fields)``, which
+    registers ``LossSpec(name=name, kind="pointwise", kernel=kernel, inputs=(PRED, TARGET), **fields)``
+    and returns the public :class:`Loss`. A field is either the family's or the loss's own: giving a
+    shared one again is a ``TypeError``.
+    """
+
+    def declare(name: str, kernel: Callable, **fields: Any) -> Loss:
+        return register(LossSpec(name=name, kind=kind, kernel=kernel, **shared, **fields))
+
+    return declare

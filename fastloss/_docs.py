@@ -25,6 +25,16 @@ stats : bool, default False
     Also return gradient statistics (L2 norm, max ``|g|``, count of non-finite entries)."""
 
 
+#: the line every declared example starts with: declarations leave it out, docstrings and docs show it
+EXAMPLE_IMPORTS = ">>> import numpy as np, fastloss as fl"
+
+
+def example_text(spec: LossSpec) -> str:
+    """The declaration's example as docstrings and docs show it (empty when it declares none)."""
+    body = textwrap.dedent(spec.example).strip()
+    return f"{EXAMPLE_IMPORTS}\n{body}" if body else ""
+
+
 def _param_block(p: Param) -> str:
     dom = f" In {p.domain}" if p.domain is not None else ""
     if p.optional:
@@ -117,5 +127,5 @@ def render_docstring(spec: LossSpec, params: Sequence[Param], method: str) -> st
     if spec.reference:
         parts += ["", "References", "----------", f".. [1] {spec.reference}"]
     if spec.example and method == "value":
-        parts += ["", "Examples", "--------", textwrap.dedent(spec.example).strip()]
+        parts += ["", "Examples", "--------", example_text(spec)]
     return "\n".join(parts)

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import math
 
-from .._api import register
+from .._api import family
 from .._compile import inline_helper
 from .._config import FASTMATH
 
 # mathfn's pow (not ``**``): a libm call per element would keep the driver loop scalar
 from .._kernels.mathfn import pow, sigmoid, softplus_sigmoid
-from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
+from .._spec import Discrete, Input, Interval, Param, Properties
 from ._common import sigmoid_curvature, unit_curvature
 
 LOGITS = Input("pred", "Logits (unnormalised scores).", differentiable=True)
 PROB_TARGET = Input("target", "Target probabilities (0/1 labels or soft labels).", Interval(0.0, 1.0))
 SIGN_TARGET = Input("target", "Labels in {-1, +1} (``0`` is read as -1).", Discrete((-1.0, 0.0, 1.0)))
+
+#: losses of a logit against a target probability
+_on_logits = family("pointwise", inputs=(LOGITS, PROB_TARGET))
+#: margin losses of a decision score against a label in {-1, +1}
+_margin = family(
+    "pointwise",
+    inputs=(Input("pred", "Decision scores.", differentiable=True), SIGN_TARGET),
+    params=(Param("margin", 1.0, "Margin", Interval(0.0, math.inf)),),
+    semantics="Labels ``{0, 1}`` are accepted and read as ``{-1, +1}``; other values raise ``ValueError``.",
+)
 
 
 # pieces shared by the kernels below, inlined into them
@@ -40,19 +50,15 @@ def _bce_pos_weights(pred, target, pos_weight):
     return _bce_terms(pred, target, pos_weight)
 
 
-
 def _bce_hess(pred, target, pos_weight):
     return sigmoid_curvature(pred) * (pos_weight * target + 1.0 - target)
 
 
-binary_cross_entropy = register(LossSpec(
-    name="binary_cross_entropy",
-    kind="pointwise",
-    kernel=_bce,
+binary_cross_entropy = _on_logits(
+    "binary_cross_entropy", _bce,
     hessian=_bce_hess,
     hessian_formula=r"\partial^2 \ell / \partial x^2 = \sigma(x)\,(1 - \sigma(x))\,(p\, y + 1 - y)",
     hessian_note="With ``pos_weight = 1`` this is scikit-learn's ``gradient_hessian`` for ``HalfBinomialLoss``: ``p (1 - p)``.",
-    inputs=(LOGITS, PROB_TARGET),
     params=(Param("pos_weight", 1.0, "Weight of the positive term: a scalar, or an array broadcastable to "
                   "``target`` (e.g. one weight per class, shape ``(C,)``, in multi-label training)",
                   Interval(0.0, math.inf), array=True),),
@@ -69,11 +75,10 @@ binary_cross_entropy = register(LossSpec(
     properties=Properties("binary / multi-label classification", "medium", "bounded in (-p_w, 1)",
                           "probabilistic classifiers, multi-label outputs", "medium (exp, log)"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> round(float(fl.binary_cross_entropy(np.array([2.0, -1.0]), np.array([1.0, 0.0]))), 6)
     0.220095
     """,
-))
+)
 
 
 @_piece
@@ -126,11 +131,8 @@ def _sigmoid_focal_gamma2(pred, target, alpha, gamma):
     return _focal_finish(r, target, ce, m * m, 2.0 * m * dm, alpha)
 
 
-sigmoid_focal = register(LossSpec(
-    name="sigmoid_focal",
-    kind="pointwise",
-    kernel=_sigmoid_focal,
-    inputs=(LOGITS, PROB_TARGET),
+sigmoid_focal = _on_logits(
+    "sigmoid_focal", _sigmoid_focal,
     options={"kernel_for": lambda params: _sigmoid_focal_gamma2 if params["gamma"] == 2.0 else _sigmoid_focal},
     params=(
         Param("alpha", 0.25, "Weight of positives (negative: no weighting)", Interval(-math.inf, 1.0), special=(-1.0,)),
@@ -147,11 +149,10 @@ sigmoid_focal = register(LossSpec(
     properties=Properties("binary / multi-label classification", "low (easy examples down-weighted)",
                           "vanishes on well-classified examples", "dense detection, class imbalance", "medium"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> round(float(fl.sigmoid_focal(np.array([2.0, -1.0]), np.array([1.0, 0.0]))), 6)
     0.008722
     """,
-))
+)
 
 
 def _hinge(pred, target, margin):
@@ -168,34 +169,27 @@ def _margin_safe(inputs, params, h):
     return np.abs(params["margin"] - y * np.asarray(inputs[0], dtype=float)) > 4 * h
 
 
-
 def _hinge_hess(pred, target, margin):
     return unit_curvature(pred)
 
 
-hinge = register(LossSpec(
-    name="hinge",
-    kind="pointwise",
-    kernel=_hinge,
+hinge = _margin(
+    "hinge", _hinge,
     hessian=_hinge_hess,
     hessian_formula=r"\partial^2 \ell / \partial x^2 = 0 \text{ (almost everywhere); returned: } 1",
     hessian_note="The second derivative is 0 wherever it exists; the Hessian returned is 1, the convention scikit-learn's ``gradient_hessian`` uses for piecewise-linear losses (``AbsoluteError``, ``PinballLoss``).",
-    inputs=(Input("pred", "Decision scores.", differentiable=True), SIGN_TARGET),
-    params=(Param("margin", 1.0, "Margin", Interval(0.0, math.inf)),),
     summary="Hinge loss of a binary classifier.",
     formula=r"\ell = \max(0, m - y x),\quad y \in \{-1, +1\}",
     gradient=r"\partial \ell / \partial x = -y \text{ if } y x < m \text{ else } 0",
     reference="Cortes, C., Vapnik, V. (1995). Support-vector networks. Machine Learning 20(3).",
     equivalents={"optax": "optax.losses.hinge_loss", "scikit-learn": "sklearn.metrics.hinge_loss"},
-    semantics="Labels ``{0, 1}`` are accepted and read as ``{-1, +1}``; other values raise ``ValueError``.",
     properties=Properties("binary classification", "low (linear)", "constant or zero", "linear SVMs, max-margin", "low"),
     fd_safe=_margin_safe,
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> float(fl.hinge(np.array([0.5, -2.0]), np.array([1, 0])))
     0.25
     """,
-))
+)
 
 
 def _squared_hinge(pred, target, margin):
@@ -205,33 +199,26 @@ def _squared_hinge(pred, target, margin):
     return (m * m if active else 0.0), (-2.0 * y * m if active else 0.0)
 
 
-
 def _squared_hinge_hess(pred, target, margin):
     y = 1.0 if target > 0.0 else -1.0
     m = margin - y * pred
     return 2.0 if m > 0.0 else (0.0 if m <= 0.0 else m)
 
 
-squared_hinge = register(LossSpec(
-    name="squared_hinge",
-    kind="pointwise",
-    kernel=_squared_hinge,
+squared_hinge = _margin(
+    "squared_hinge", _squared_hinge,
     hessian=_squared_hinge_hess,
     hessian_formula=r"\partial^2 \ell / \partial x^2 = 2\,[m > 0]",
     hessian_note='0 where the margin is met: the true second derivative where it exists.',
-    inputs=(Input("pred", "Decision scores.", differentiable=True), SIGN_TARGET),
-    params=(Param("margin", 1.0, "Margin", Interval(0.0, math.inf)),),
     summary="Squared hinge loss of a binary classifier (differentiable at the margin).",
     formula=r"\ell = \max(0, m - y x)^2,\quad y \in \{-1, +1\}",
     gradient=r"\partial \ell / \partial x = -2 y \max(0, m - y x)",
     reference="Lee, C.-P., Lin, C.-J. (2013). A Study on L2-Loss (Squared Hinge-Loss) Multiclass SVM. Neural Computation 25(5).",
     equivalents={"TensorFlow": "tf.keras.losses.squared_hinge", "scikit-learn": "LinearSVC(loss='squared_hinge')"},
-    semantics="Labels ``{0, 1}`` are accepted and read as ``{-1, +1}``; other values raise ``ValueError``.",
     properties=Properties("binary classification", "medium (quadratic)", "linear in the margin violation",
                           "L2-SVMs", "low"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> float(fl.squared_hinge(np.array([0.5, -2.0]), np.array([1, 0])))
     0.125
     """,
-))
+)

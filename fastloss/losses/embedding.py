@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 
-from .._api import register
+from .._api import family
 from .._compile import njit
 from .._kernels.mathfn import pow
-from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
+from .._spec import Discrete, Input, Interval, Param, Properties
 from ..kinds.rowsum.host import RowReduce, row_options
 from .multiclass import cross_entropy
 
@@ -27,6 +27,17 @@ COSINE_EPS = 9.999999960041972e-13
 
 def _rows_doc(what: str) -> str:
     return f"{what}, shape ``(N, D)`` (or ``(D,)`` for a single pair); one row per sample."
+
+
+X1 = Input("x1", _rows_doc("First embeddings"), differentiable=True)
+X2 = Input("x2", _rows_doc("Second embeddings, the shape of ``x1``"), differentiable=True)
+
+#: losses of rows of embeddings (the rowreduce kind)
+_rows = family("rowreduce")
+#: ... of pairs of rows with a per-row target (similar or not)
+_pair = family("rowreduce", options=row_options(row_inputs=("target",)))
+#: losses over the in-batch similarity matrix of two views
+_in_batch = family("similarity")
 
 
 # -- contrastive ---------------------------------------------------------------------------------
@@ -53,13 +64,11 @@ def _contrastive_grad(j, x1, x2, coefs, margin):
     return (g, -g)
 
 
-contrastive = register(LossSpec(
-    name="contrastive",
-    kind="rowreduce",
-    kernel=RowReduce(_contrastive_map, _contrastive_finish, _contrastive_grad),
+contrastive = _pair(
+    "contrastive", RowReduce(_contrastive_map, _contrastive_finish, _contrastive_grad),
     inputs=(
-        Input("x1", _rows_doc("First embeddings"), differentiable=True),
-        Input("x2", _rows_doc("Second embeddings, the shape of ``x1``"), differentiable=True),
+        X1,
+        X2,
         Input("target", "``1`` for similar pairs, ``0`` for dissimilar ones; one per row.", Discrete((0.0, 1.0))),
     ),
     params=(Param("margin", 1.0, "Distance beyond which dissimilar pairs cost nothing", Interval(0.0, math.inf)),),
@@ -77,10 +86,8 @@ contrastive = register(LossSpec(
                "is taken as 0 (no direction to push along), as PyTorch's norm backward does."),
     properties=Properties("metric learning (pairs)", "high for similar pairs (quadratic)",
                           "linear in the distance", "siamese networks, verification", "low"),
-    options=row_options(row_inputs=("target",)),
     fd_safe=lambda inputs, params, h: _distance_away_from(inputs, params["margin"], h),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> x1 = np.array([[0.0, 0.0], [1.0, 0.0]])
     >>> x2 = np.array([[3.0, 4.0], [0.6, 0.3]])
     >>> float(fl.contrastive(x1, x2, np.array([1, 0]), margin=1.0))
@@ -90,7 +97,7 @@ contrastive = register(LossSpec(
     array([[-1.5 , -2.  ],
            [-0.2 ,  0.15]])
     """,
-))
+)
 
 
 def _distance_away_from(inputs, margin, h):
@@ -209,10 +216,8 @@ def _triplet_safe(inputs, params, h):
     return ok & (np.abs(params["margin"] + d_ap - d_neg) > tol)
 
 
-triplet_margin = register(LossSpec(
-    name="triplet_margin",
-    kind="rowreduce",
-    kernel=RowReduce(_triplet_map, _triplet_finish, _triplet_grad),
+triplet_margin = _rows(
+    "triplet_margin", RowReduce(_triplet_map, _triplet_finish, _triplet_grad),
     inputs=(
         Input("anchor", _rows_doc("Anchor embeddings"), differentiable=True),
         Input("positive", _rows_doc("Embeddings of the same class as the anchors"), differentiable=True),
@@ -246,7 +251,6 @@ triplet_margin = register(LossSpec(
     options=row_options(variant=lambda params: _TRIPLET_L2 if params["p"] == 2.0 else None),
     fd_safe=_triplet_safe,
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> a = np.array([[0.0, 0.0], [1.0, 1.0]])
     >>> p = np.array([[0.0, 1.0], [1.0, 2.0]])
     >>> n = np.array([[1.5, 0.0], [4.0, 5.0]])
@@ -257,7 +261,7 @@ triplet_margin = register(LossSpec(
     array([[ 0.5, -0.5],
            [ 0. ,  0. ]])
     """,
-))
+)
 
 
 # -- cosine embedding ----------------------------------------------------------------------------
@@ -295,13 +299,11 @@ def _cosine_safe(inputs, params, h):
     return (y > 0) | (np.abs(cos - params["margin"]) > 1e-3)
 
 
-cosine_embedding = register(LossSpec(
-    name="cosine_embedding",
-    kind="rowreduce",
-    kernel=RowReduce(_cosine_map, _cosine_finish, _cosine_grad),
+cosine_embedding = _pair(
+    "cosine_embedding", RowReduce(_cosine_map, _cosine_finish, _cosine_grad),
     inputs=(
-        Input("x1", _rows_doc("First embeddings"), differentiable=True),
-        Input("x2", _rows_doc("Second embeddings, the shape of ``x1``"), differentiable=True),
+        X1,
+        X2,
         Input("target", "``1`` for similar pairs, ``-1`` for dissimilar ones; one per row.", Discrete((-1.0, 1.0))),
     ),
     params=(Param("margin", 0.0, "Cosine below which dissimilar pairs cost nothing", Interval(-1.0, 1.0)),),
@@ -319,10 +321,8 @@ cosine_embedding = register(LossSpec(
                "gradient. Targets other than 1 and -1 raise ``ValueError`` (PyTorch gives them loss 0)."),
     properties=Properties("metric learning (pairs)", "low (bounded in [0, 2])", "bounded by 1 / |x|",
                           "semantic similarity, retrieval", "low"),
-    options=row_options(row_inputs=("target",)),
     fd_safe=_cosine_safe,
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> x1 = np.array([[3.0, 4.0], [1.0, 0.0]])
     >>> x2 = np.array([[4.0, 3.0], [1.0, 1.0]])
     >>> fl.cosine_embedding(x1, x2, np.array([1, -1]), reduction="none")
@@ -332,16 +332,14 @@ cosine_embedding = register(LossSpec(
     array([[-0.0448  ,  0.0336  ],
            [ 0.      ,  0.707107]])
     """,
-))
+)
 
 
 # -- InfoNCE -------------------------------------------------------------------------------------
 
 
-info_nce = register(LossSpec(
-    name="info_nce",
-    kind="similarity",
-    kernel=cross_entropy,
+info_nce = _in_batch(
+    "info_nce", cross_entropy,
     inputs=(
         Input("z1", "Embeddings of the first view, shape ``(N, D)``; row ``i`` pairs with row ``i`` of ``z2``.",
               differentiable=True),
@@ -385,10 +383,9 @@ info_nce = register(LossSpec(
                           "``\"none\"``)."),
     },
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> z1 = np.array([[1.0, 0.0], [0.0, 1.0]])
     >>> z2 = np.array([[2.0, 0.0], [1.0, 1.0]])
     >>> round(float(fl.info_nce(z1, z2, temperature=0.5)), 6)
     0.370061
     """,
-))
+)

@@ -18,9 +18,9 @@ import math
 
 import numpy as np
 
-from .._api import register
+from .._api import family
 from .._kernels.mathfn import exp, expm1, log, tanh
-from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
+from .._spec import Discrete, Input, Interval, Param, Properties
 from ..kinds.softmax import primitives as R
 
 LOGITS = Input("logits", "Unnormalised class scores; the classes lie along ``axis``.", differentiable=True)
@@ -77,6 +77,19 @@ def _options(targets=("index",), ignore_index=True, class_weight=True, mean="wei
         "weight_doc": weight_doc,
         "reduction_doc": _REDUCTION_DOC if mean == "weight" else _ROWS_REDUCTION_DOC,
     }
+
+
+#: losses of logits with the classes along ``axis``: one value per sample
+_rowwise = family("rowwise")
+#: losses of the class-index target's log-probability ``L = log p_y`` (see the module docstring)
+_of_log_p = family("rowwise", inputs=(LOGITS, INDEX_TARGET), options=_options())
+
+#: the example of a loss of logits and class indices: two samples of three classes
+_INDEX_EXAMPLE = """
+    >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+    >>> round(float(fl.{name}(logits, np.array([0, 2]))), 6)
+    {value}
+    """
 
 
 # -- shared pieces of the softmax kernels -------------------------------------------------------
@@ -238,10 +251,8 @@ def _smoothed_cross_entropy(x, y, t, w, g, scale, loss, eps, z_loss, cap):
             R.add_at(g, y, b)
 
 
-cross_entropy = register(LossSpec(
-    name="cross_entropy",
-    kind="rowwise",
-    kernel=_cross_entropy,
+cross_entropy = _rowwise(
+    "cross_entropy", _cross_entropy,
     inputs=(LOGITS, TARGET),
     params=(
         Param("label_smoothing", 0.0, "Weight of the uniform distribution mixed into the target",
@@ -291,7 +302,6 @@ cross_entropy = register(LossSpec(
     properties=Properties("multiclass classification", "medium (log-loss grows linearly in the logit margin)",
                           "bounded: softmax minus target", "classifiers, language models", "medium (one exp per logit)"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
     >>> round(float(fl.cross_entropy(logits, np.array([0, 2]))), 6)
     0.896378
@@ -300,7 +310,7 @@ cross_entropy = register(LossSpec(
     (0.241311, [0.0, 0.0, 0.0])
     """,
     options={**_options(targets=("index", "probs")), "aux": "return_z_loss", "kernel_for": _cross_entropy_kernel},
-))
+)
 
 
 # -- softmax focal ------------------------------------------------------------------------------
@@ -323,11 +333,8 @@ def _softmax_focal(x, y, t, w, g, scale, loss, gamma):
         _target_grad(g, y, s, wy, scale, d)
 
 
-softmax_focal = register(LossSpec(
-    name="softmax_focal",
-    kind="rowwise",
-    kernel=_softmax_focal,
-    inputs=(LOGITS, INDEX_TARGET),
+softmax_focal = _of_log_p(
+    "softmax_focal", _softmax_focal,
     params=(Param("gamma", 2.0, "Focusing exponent (0: cross entropy)", Interval(0.0, math.inf), special=(0.0, 0.5)),),
     summary="Softmax focal loss: cross entropy down-weighted on well-classified samples.",
     formula=r"\ell_i = -w_{y_i} (1 - p_{i y_i})^{\gamma} \log p_{i y_i},\quad p_i = \operatorname{softmax}(x_i)",
@@ -340,14 +347,8 @@ softmax_focal = register(LossSpec(
                "weights of the non-ignored targets); ``gamma=0`` is cross entropy."),
     properties=Properties("multiclass classification", "low (easy samples down-weighted)",
                           "vanishes on well-classified samples", "dense detection, class imbalance", "medium"),
-    example="""
-    >>> import numpy as np, fastloss as fl
-    >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
-    >>> round(float(fl.softmax_focal(logits, np.array([0, 2]))), 6)
-    0.487298
-    """,
-    options=_options(),
-))
+    example=_INDEX_EXAMPLE.format(name="softmax_focal", value="0.487298"),
+)
 
 
 # -- multiclass hinge ---------------------------------------------------------------------------
@@ -404,10 +405,8 @@ def _hinge_safe(inputs, params, h):
     return np.all(np.abs(params["margin"] - xy + x) > 4 * h, axis=-1)
 
 
-multiclass_hinge = register(LossSpec(
-    name="multiclass_hinge",
-    kind="rowwise",
-    kernel=_multiclass_hinge,
+multiclass_hinge = _rowwise(
+    "multiclass_hinge", _multiclass_hinge,
     inputs=(Input("scores", "Class scores; the classes lie along ``axis``.", differentiable=True), INDEX_TARGET),
     params=(
         Param("margin", 1.0, "Margin", Interval(-math.inf, math.inf)),
@@ -426,13 +425,12 @@ multiclass_hinge = register(LossSpec(
                           "multiclass SVMs, max-margin training", "low"),
     fd_safe=_hinge_safe,
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> scores = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
     >>> round(float(fl.multiclass_hinge(scores, np.array([0, 2]))), 6)
     0.5
     """,
     options=_options(ignore_index=False, mean="rows"),
-))
+)
 
 
 # -- KL divergence ------------------------------------------------------------------------------
@@ -454,10 +452,8 @@ def _kl_divergence(x, y, t, w, g, scale, loss):
         R.scale_add(g, c, -scale, t, 0.0, w)
 
 
-kl_divergence = register(LossSpec(
-    name="kl_divergence",
-    kind="rowwise",
-    kernel=_kl_divergence,
+kl_divergence = _rowwise(
+    "kl_divergence", _kl_divergence,
     inputs=(LOGITS, PROB_TARGET),
     summary="Kullback-Leibler divergence KL(target || softmax(logits)) per sample.",
     formula=r"\ell_i = \sum_j t_{ij} \left(\log t_{ij} - \log \operatorname{softmax}(x_i)_j\right),\quad 0 \log 0 = 0",
@@ -472,13 +468,12 @@ kl_divergence = register(LossSpec(
     properties=Properties("distribution matching", "medium", "bounded: softmax minus target",
                           "knowledge distillation, soft labels", "medium (one exp per logit, one log per target)"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> logits = np.array([[2.0, 0.5, -1.0]])
     >>> round(float(fl.kl_divergence(logits, np.array([[0.5, 0.5, 0.0]]))), 6)
     0.298164
     """,
     options=_options(targets=("probs",), ignore_index=False, class_weight=False, mean="rows"),
-))
+)
 
 
 # -- generalised cross entropy ------------------------------------------------------------------
@@ -496,11 +491,8 @@ def _generalized_cross_entropy(x, y, t, w, g, scale, loss, q):
         _target_grad(g, y, s, wy, scale, d)
 
 
-generalized_cross_entropy = register(LossSpec(
-    name="generalized_cross_entropy",
-    kind="rowwise",
-    kernel=_generalized_cross_entropy,
-    inputs=(LOGITS, INDEX_TARGET),
+generalized_cross_entropy = _of_log_p(
+    "generalized_cross_entropy", _generalized_cross_entropy,
     params=(Param("q", 0.7, "Box-Cox exponent: q -> 0 is cross entropy, q = 1 is MAE on probabilities",
                   Interval(0.0, 1.0, (False, True)), special=(1.0,)),),
     summary="Generalised cross entropy (the L_q loss on the target probability), robust to noisy labels.",
@@ -513,14 +505,8 @@ generalized_cross_entropy = register(LossSpec(
                "as in cross entropy."),
     properties=Properties("multiclass classification", "low (bounded by 1/q)", "bounded, small on confident mistakes",
                           "training with noisy labels", "medium"),
-    example="""
-    >>> import numpy as np, fastloss as fl
-    >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
-    >>> round(float(fl.generalized_cross_entropy(logits, np.array([0, 2]))), 6)
-    0.584187
-    """,
-    options=_options(),
-))
+    example=_INDEX_EXAMPLE.format(name="generalized_cross_entropy", value="0.584187"),
+)
 
 
 # -- poly-1 cross entropy -----------------------------------------------------------------------
@@ -538,11 +524,8 @@ def _poly1_cross_entropy(x, y, t, w, g, scale, loss, epsilon):
         _target_grad(g, y, s, wy, scale, d)
 
 
-poly1_cross_entropy = register(LossSpec(
-    name="poly1_cross_entropy",
-    kind="rowwise",
-    kernel=_poly1_cross_entropy,
-    inputs=(LOGITS, INDEX_TARGET),
+poly1_cross_entropy = _of_log_p(
+    "poly1_cross_entropy", _poly1_cross_entropy,
     params=(Param("epsilon", 1.0, "Coefficient of the first polynomial term (0: cross entropy)",
                   Interval(-1.0, math.inf), special=(0.0, -1.0)),),
     summary="Poly-1 loss: cross entropy plus epsilon times (1 - p_target).",
@@ -556,11 +539,5 @@ poly1_cross_entropy = register(LossSpec(
                "their sum, as in cross entropy."),
     properties=Properties("multiclass classification", "medium", "bounded: (1 + eps p_y)(softmax minus target)",
                           "image classification, detection", "medium"),
-    example="""
-    >>> import numpy as np, fastloss as fl
-    >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
-    >>> round(float(fl.poly1_cross_entropy(logits, np.array([0, 2]))), 6)
-    1.397609
-    """,
-    options=_options(),
-))
+    example=_INDEX_EXAMPLE.format(name="poly1_cross_entropy", value="1.397609"),
+)

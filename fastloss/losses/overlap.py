@@ -13,10 +13,10 @@ import math
 
 import numpy as np
 
-from .._api import register
+from .._api import family
 from .._compile import njit
 from .._kernels.mathfn import sigmoid
-from .._spec import Input, Interval, LossSpec, Param, Properties
+from .._spec import Input, Interval, Param, Properties
 from ..kinds.rowsum.host import RowReduce, row_options
 
 _helper = njit(cache=False, error_model="numpy", fastmath=False, forceinline=True)  # strict (see stage_kernel)
@@ -38,8 +38,16 @@ def _mask_domains(params):
     return {} if params["from_logits"] else {"logits": Interval(0.0, 1.0)}
 
 
-def _mask_options():
-    return row_options(rows="first")
+#: the soft-mask losses: logits (or probabilities) against a target mask, one value per sample
+_mask = family("rowreduce", inputs=(LOGITS, MASK), options=row_options(rows="first"), domains=_mask_domains)
+#: losses of boxes, one row of four coordinates per box
+_boxes = family("rowreduce")
+
+
+def _mask_properties(use: str) -> Properties:
+    """The catalogue's properties of a soft-mask loss used for ``use``."""
+    return Properties("segmentation", "low (bounded in [0, 1])", "bounded, vanishes on confident pixels", use,
+                      "medium (sigmoid)")
 
 
 @_helper
@@ -76,7 +84,6 @@ def _dice_grad(j, x, t, coefs, smooth, from_logits):
 
 
 _MASK_EXAMPLE = """
-    >>> import numpy as np, fastloss as fl
     >>> probs = np.array([[[0.9, 0.2], [0.8, 0.1]]])      # one 2 x 2 mask
     >>> target = np.array([[[1.0, 0.0], [1.0, 0.0]]])
     >>> round(float(fl.{name}(probs, target, from_logits=False)), 6)
@@ -85,11 +92,8 @@ _MASK_EXAMPLE = """
     {value}
 """
 
-dice = register(LossSpec(
-    name="dice",
-    kind="rowreduce",
-    kernel=RowReduce(_dice_map, _dice_finish, _dice_grad),
-    inputs=(LOGITS, MASK),
+dice = _mask(
+    "dice", RowReduce(_dice_map, _dice_finish, _dice_grad),
     params=(SMOOTH, FROM_LOGITS),
     summary="Soft Dice loss per sample: one minus the soft Dice coefficient of the predicted and target masks.",
     formula=r"\ell = 1 - \frac{2 \sum_j p_j t_j + s}{\sum_j p_j + \sum_j t_j + s},\quad p = \sigma(x)",
@@ -102,12 +106,9 @@ dice = register(LossSpec(
     semantics=("One value per sample over *all* its other axes, channels included (MONAI computes one per "
                "channel unless there is a single channel). ``smooth`` is added to the numerator and the "
                "denominator; PyTorch has no Dice loss."),
-    properties=Properties("segmentation", "low (bounded in [0, 1])", "bounded, vanishes on confident pixels",
-                          "imbalanced foreground / background masks", "medium (sigmoid)"),
-    options=_mask_options(),
-    domains=_mask_domains,
+    properties=_mask_properties("imbalanced foreground / background masks"),
     example=_MASK_EXAMPLE.format(name="dice", value="0.12"),
-))
+)
 
 
 # -- Jaccard -------------------------------------------------------------------------------------
@@ -122,11 +123,8 @@ def _jaccard_finish(sums, smooth, from_logits):
     return (1.0 - num / den, -(1.0 / den + q), q)
 
 
-jaccard = register(LossSpec(
-    name="jaccard",
-    kind="rowreduce",
-    kernel=RowReduce(_dice_map, _jaccard_finish, _dice_grad),
-    inputs=(LOGITS, MASK),
+jaccard = _mask(
+    "jaccard", RowReduce(_dice_map, _jaccard_finish, _dice_grad),
     params=(SMOOTH, FROM_LOGITS),
     summary="Soft Jaccard (IoU) loss per sample: one minus the soft intersection over union of the masks.",
     formula=r"\ell = 1 - \frac{I + s}{P + T - I + s},\quad I = \textstyle\sum_j p_j t_j,\ P = \sum_j p_j,\ "
@@ -139,12 +137,9 @@ jaccard = register(LossSpec(
                                                 "(which adds smooth to numerator and denominator alike)"},
     semantics=("One value per sample over all its other axes; ``smooth`` is added to the numerator and the "
                "denominator. PyTorch has no Jaccard loss."),
-    properties=Properties("segmentation", "low (bounded in [0, 1])", "bounded, vanishes on confident pixels",
-                          "IoU-evaluated segmentation", "medium (sigmoid)"),
-    options=_mask_options(),
-    domains=_mask_domains,
+    properties=_mask_properties("IoU-evaluated segmentation"),
     example=_MASK_EXAMPLE.format(name="jaccard", value="0.181818"),
-))
+)
 
 
 # -- Tversky -------------------------------------------------------------------------------------
@@ -167,11 +162,8 @@ def _tversky_grad(j, x, t, coefs, alpha, beta, smooth, from_logits):
     return (_soft_grad(x, t, coefs[1], coefs[2], from_logits),)
 
 
-tversky = register(LossSpec(
-    name="tversky",
-    kind="rowreduce",
-    kernel=RowReduce(_tversky_map, _tversky_finish, _tversky_grad),
-    inputs=(LOGITS, MASK),
+tversky = _mask(
+    "tversky", RowReduce(_tversky_map, _tversky_finish, _tversky_grad),
     params=(
         Param("alpha", 0.5, "Weight of false positives", Interval(0.0, math.inf), special=(0.7,)),
         Param("beta", 0.5, "Weight of false negatives", Interval(0.0, math.inf), special=(0.3,)),
@@ -190,12 +182,9 @@ tversky = register(LossSpec(
                           "smooth_dr=smooth) for one channel"},
     semantics=("One value per sample over all its other axes. ``alpha = beta = 1/2`` is Dice with the smoothing "
                "doubled; ``alpha = beta = 1`` is Jaccard."),
-    properties=Properties("segmentation", "low (bounded in [0, 1])", "bounded, vanishes on confident pixels",
-                          "lesion segmentation, recall-weighted masks", "medium (sigmoid)"),
-    options=_mask_options(),
-    domains=_mask_domains,
+    properties=_mask_properties("lesion segmentation, recall-weighted masks"),
     example=_MASK_EXAMPLE.format(name="tversky", value="0.1"),
-))
+)
 
 
 # -- generalised IoU -----------------------------------------------------------------------------
@@ -286,10 +275,8 @@ def _giou_safe(inputs, params, h):
     return gap > 4 * h
 
 
-giou = register(LossSpec(
-    name="giou",
-    kind="rowreduce",
-    kernel=RowReduce(_box_map, _giou_finish, _giou_grad),
+giou = _boxes(
+    "giou", RowReduce(_box_map, _giou_finish, _giou_grad),
     inputs=(
         Input("pred_boxes", "Predicted boxes ``(x1, y1, x2, y2)``, shape ``(..., 4)``.", differentiable=True),
         Input("target_boxes", "Target boxes ``(x1, y1, x2, y2)``, the shape of ``pred_boxes``."),
@@ -317,7 +304,6 @@ giou = register(LossSpec(
                         sample_inputs=_sample_boxes),
     fd_safe=_giou_safe,
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> pred = np.array([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
     >>> target = np.array([[1.0, 1.0, 3.0, 3.0], [2.0, 0.0, 3.0, 1.0]])
     >>> fl.giou(pred, target, reduction="none")
@@ -325,4 +311,4 @@ giou = register(LossSpec(
     >>> fl.giou.grad(pred, target, reduction="sum")[0]
     array([-0.07785336, -0.07785336, -0.23356009, -0.23356009])
     """,
-))
+)

@@ -6,12 +6,14 @@ import math
 
 import numpy as np
 
-from .._api import register
+from .._api import family
 from .._compile import scalar_kernel
 from .._kernels.mathfn import exp, log
-from .._spec import Input, Interval, LossSpec, Param, Properties
+from .._spec import Input, Interval, Param, Properties
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+#: negative log-likelihoods of an observation under a predicted distribution, per element
+_nll = family("pointwise")
 
 
 def _poisson_nll(pred, target, log_input, full, eps):
@@ -54,7 +56,6 @@ def _poisson_fixed(log_input: bool, full: bool):
 
 _POISSON_FIXED = {(li, fu): _poisson_fixed(li, fu) for li in (False, True) for fu in (False, True)}
 
-
 def _poisson_nll_hess(pred, target, log_input, full, eps):
     if log_input != 0.0:
         return exp(pred)
@@ -62,10 +63,8 @@ def _poisson_nll_hess(pred, target, log_input, full, eps):
     return target / (q * q)
 
 
-poisson_nll = register(LossSpec(
-    name="poisson_nll",
-    kind="pointwise",
-    kernel=_poisson_nll,
+poisson_nll = _nll(
+    "poisson_nll", _poisson_nll,
     hessian=_poisson_nll_hess,
     hessian_formula=r"\partial^2 \ell / \partial x^2 = e^{x} \text{ (log input)},\quad y / (x + \epsilon)^2 \text{ otherwise}",
     hessian_note="With ``log_input=True`` this is the Hessian of scikit-learn's ``HalfPoissonLoss`` (``exp(x)``).",
@@ -89,11 +88,10 @@ poisson_nll = register(LossSpec(
     semantics="Matches ``torch.nn.functional.poisson_nll_loss`` including ``full`` (Stirling term where target > 1).",
     properties=Properties("count regression", "medium", "exponential in the log-rate", "event counts, rates", "medium (exp)"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> round(float(fl.poisson_nll(np.array([0.0, 1.0]), np.array([1.0, 2.0]))), 6)
     0.859141
     """,
-))
+)
 
 
 def _gaussian_nll(pred, target, var, full, eps):
@@ -116,7 +114,6 @@ def _gaussian_var_shape(arrays):
     return [pred, target, var]
 
 
-
 def _gaussian_nll_hess(pred, target, var, full, eps):
     v = max(var, eps)
     d = pred - target
@@ -124,10 +121,8 @@ def _gaussian_nll_hess(pred, target, var, full, eps):
     return inv, inv * inv * (d * d * inv - 0.5)
 
 
-gaussian_nll = register(LossSpec(
-    name="gaussian_nll",
-    kind="pointwise",
-    kernel=_gaussian_nll,
+gaussian_nll = _nll(
+    "gaussian_nll", _gaussian_nll,
     hessian=_gaussian_nll_hess,
     hessian_formula=r"\partial^2 \ell / \partial \mu^2 = 1 / v,\quad \partial^2 \ell / \partial v^2 = (d^2 / v - \tfrac12) / v^2,\quad v = \max(\mathrm{var}, \epsilon)",
     hessian_note='The second derivative with respect to the variance is negative where ``d^2 < v / 2``: it is returned as it is.',
@@ -155,9 +150,8 @@ gaussian_nll = register(LossSpec(
     # below eps the clamp makes the loss flat in var while PyTorch (and we) pass the gradient through
     fd_safe=lambda inputs, params, h: np.asarray(inputs[2]) > params["eps"] + 4 * h,
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> loss, (g_mean, g_var) = fl.gaussian_nll.value_and_grad(np.array([1.0]), np.array([0.0]), np.array([2.0]))
     >>> round(float(loss), 6), float(g_mean[0]), float(g_var[0])
     (0.596574, 0.5, 0.125)
     """,
-))
+)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from .._api import register
+from .._api import family
 from .._kernels.mathfn import softplus_sigmoid
-from .._spec import Discrete, Input, Interval, LossSpec, Param, Properties
+from .._spec import Discrete, Input, Interval, Param, Properties
 from ._common import sigmoid_curvature, unit_curvature
+
+#: losses of pairs of scores: one value per pair, gradients for both scores
+_pairwise = family("pointwise")
 
 
 def _margin_ranking(x1, x2, target, margin):
@@ -22,16 +25,13 @@ def _margin_ranking_safe(inputs, params, h):
     return np.abs(params["margin"] - y * (x1 - x2)) > 4 * h
 
 
-
 def _margin_ranking_hess(x1, x2, target, margin):
     u = unit_curvature(x1 - x2)
     return u, u
 
 
-margin_ranking = register(LossSpec(
-    name="margin_ranking",
-    kind="pointwise",
-    kernel=_margin_ranking,
+margin_ranking = _pairwise(
+    "margin_ranking", _margin_ranking,
     hessian=_margin_ranking_hess,
     hessian_formula=r"\partial^2 \ell / \partial x_1^2 = \partial^2 \ell / \partial x_2^2 = 0 \text{ (almost everywhere); returned: } 1",
     hessian_note="The second derivatives are 0 wherever they exist; the Hessian returned is 1, the convention scikit-learn's ``gradient_hessian`` uses for piecewise-linear losses.",
@@ -55,7 +55,6 @@ margin_ranking = register(LossSpec(
                           "learning to rank, preference pairs", "low"),
     fd_safe=_margin_ranking_safe,
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> x1, x2, y = np.array([0.8, 0.2, 0.5]), np.array([0.3, 0.6, 0.1]), np.array([1, 1, -1])
     >>> round(float(fl.margin_ranking(x1, x2, y, margin=0.1)), 6)
     0.333333
@@ -63,7 +62,7 @@ margin_ranking = register(LossSpec(
     >>> g1
     array([ 0.        , -0.33333333,  0.33333333])
     """,
-))
+)
 
 
 def _bpr(pos, neg):
@@ -73,16 +72,13 @@ def _bpr(pos, neg):
     return sp, -s, s
 
 
-
 def _bpr_hess(pos, neg):
     c = sigmoid_curvature(pos - neg)
     return c, c
 
 
-bpr = register(LossSpec(
-    name="bpr",
-    kind="pointwise",
-    kernel=_bpr,
+bpr = _pairwise(
+    "bpr", _bpr,
     hessian=_bpr_hess,
     hessian_formula=r"\partial^2 \ell / \partial s_+^2 = \partial^2 \ell / \partial s_-^2 = \sigma(d)\,(1 - \sigma(d)),\quad d = s_+ - s_-",
     inputs=(
@@ -101,7 +97,6 @@ bpr = register(LossSpec(
     properties=Properties("ranking (implicit feedback)", "low (linear for large violations)",
                           "bounded in (-1, 1)", "recommender systems with sampled negatives", "medium (exp, log)"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> pos, neg = np.array([2.0, 0.5]), np.array([0.0, 1.0])
     >>> round(float(fl.bpr(pos, neg)), 6)
     0.550502
@@ -109,4 +104,4 @@ bpr = register(LossSpec(
     >>> g_pos
     array([-0.05960146, -0.31122967])
     """,
-))
+)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 
-from .._api import register
+from .._api import family
 from .._compile import inline_helper
 from .._kernels.mathfn import exp, expm1, log1p, softplus, tanh
-from .._spec import Input, Interval, LossSpec, Param, Properties
+from .._spec import Input, Interval, Param, Properties
 from ._common import sigmoid_curvature, sign, unit_curvature
 
 PRED = Input("pred", "Predictions.", differentiable=True)
 TARGET = Input("target", "Targets, broadcastable to ``pred``.")
 LN2 = math.log(2.0)
+#: the regression losses: ``pred`` against ``target``, per element
+_residual = family("pointwise", inputs=(PRED, TARGET))
 
 
 def _away_from(*kinks):
@@ -35,19 +37,15 @@ def _mse(pred, target):
     return d * d, 2.0 * d
 
 
-
 def _mse_hess(pred, target):
     d = pred - target
     return 2.0 if d == d else d
 
 
-mse = register(LossSpec(
-    name="mse",
-    kind="pointwise",
-    kernel=_mse,
+mse = _residual(
+    "mse", _mse,
     hessian=_mse_hess,
     hessian_formula=r"\partial^2 \ell / \partial x^2 = 2",
-    inputs=(PRED, TARGET),
     summary="Mean squared error.",
     formula=r"\ell(x, y) = (x - y)^2",
     gradient=r"\partial \ell / \partial x = 2 (x - y)",
@@ -58,14 +56,13 @@ mse = register(LossSpec(
     properties=Properties("regression", "high (quadratic)", "linear in the residual, unbounded",
                           "Gaussian noise, mean regression", "low"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> pred, target = np.array([0.5, 2.0, -1.0]), np.zeros(3)
     >>> float(fl.mse(pred, target))
     1.75
     >>> fl.mse.grad(pred, target)
     array([ 0.33333333,  1.33333333, -0.66666667])
     """,
-))
+)
 
 
 def _mae(pred, target):
@@ -73,19 +70,15 @@ def _mae(pred, target):
     return abs(d), sign(d)
 
 
-
 def _mae_hess(pred, target):
     return unit_curvature(pred - target)
 
 
-mae = register(LossSpec(
-    name="mae",
-    kind="pointwise",
-    kernel=_mae,
+mae = _residual(
+    "mae", _mae,
     hessian=_mae_hess,
     hessian_formula=r"\partial^2 \ell / \partial x^2 = 0 \text{ (almost everywhere); returned: } 1",
     hessian_note="The second derivative is 0 wherever it exists; the Hessian returned is 1, as scikit-learn's ``gradient_hessian`` for ``AbsoluteError`` gives, so that a Newton step of a booster is a gradient step.",
-    inputs=(PRED, TARGET),
     summary="Mean absolute error (L1 loss).",
     formula=r"\ell(x, y) = |x - y|",
     gradient=r"\partial \ell / \partial x = \operatorname{sign}(x - y)\quad(0 \text{ at } x = y)",
@@ -95,11 +88,10 @@ mae = register(LossSpec(
     properties=Properties("regression", "low", "constant magnitude (sign)", "median regression, robust fits", "low"),
     fd_safe=_away_from(),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> round(float(fl.mae(np.array([0.5, 2.0, -1.0]), np.zeros(3))), 6)
     1.166667
     """,
-))
+)
 
 
 def _huber(pred, target, delta):
@@ -111,20 +103,16 @@ def _huber(pred, target, delta):
     return g * (d - 0.5 * g), g
 
 
-
 def _huber_hess(pred, target, delta):
     a = abs(pred - target)
     return 1.0 if a <= delta else (0.0 if a > delta else a)
 
 
-huber = register(LossSpec(
-    name="huber",
-    kind="pointwise",
-    kernel=_huber,
+huber = _residual(
+    "huber", _huber,
     hessian=_huber_hess,
     hessian_formula=r"\partial^2 \ell / \partial x^2 = [|d| \le \delta]",
     hessian_note="1 inside the quadratic zone (``|d| <= delta``), 0 outside: the true second derivative where it exists, as scikit-learn's ``gradient_hessian`` for ``HuberLoss`` gives.",
-    inputs=(PRED, TARGET),
     params=(Param("delta", 1.0, "Threshold between the quadratic and linear regimes", Interval(0.0, math.inf, (False, False))),),
     summary="Huber loss: quadratic near zero, linear beyond ``delta``.",
     formula=r"\ell = \begin{cases} \tfrac12 d^2 & |d| < \delta \\ \delta (|d| - \tfrac12 \delta) & \text{otherwise} \end{cases},\quad d = x - y",
@@ -136,11 +124,10 @@ huber = register(LossSpec(
     properties=Properties("regression", "low (linear tails)", "bounded by delta", "regression with outliers", "low"),
     fd_safe=_away_from("delta"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> round(float(fl.huber(np.array([0.5, 2.0, -1.0]), np.zeros(3), delta=1.0)), 6)
     0.708333
     """,
-))
+)
 
 
 def _smooth_l1(pred, target, beta):
@@ -152,20 +139,16 @@ def _smooth_l1(pred, target, beta):
     return value, grad
 
 
-
 def _smooth_l1_hess(pred, target, beta):
     a = abs(pred - target)
     return 1.0 / beta if a < beta else (0.0 if a >= beta else a)
 
 
-smooth_l1 = register(LossSpec(
-    name="smooth_l1",
-    kind="pointwise",
-    kernel=_smooth_l1,
+smooth_l1 = _residual(
+    "smooth_l1", _smooth_l1,
     hessian=_smooth_l1_hess,
     hessian_formula=r"\partial^2 \ell / \partial x^2 = [|d| < \beta] / \beta",
     hessian_note='0 outside the quadratic zone: the true second derivative where it exists.',
-    inputs=(PRED, TARGET),
     params=(Param("beta", 1.0, "Width of the quadratic region (0 gives the L1 loss)", Interval(0.0, math.inf, (True, False)),
                   special=(0.0,)),),
     summary="Smooth L1 loss: Huber loss divided by ``beta``.",
@@ -177,11 +160,10 @@ smooth_l1 = register(LossSpec(
     properties=Properties("regression", "low", "bounded by 1", "bounding-box regression", "low"),
     fd_safe=_away_from("beta"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> float(fl.smooth_l1(np.array([0.5, 2.0]), np.zeros(2), beta=1.0))
     0.8125
     """,
-))
+)
 
 
 #: Below this |d| log_cosh uses its small-residual form (both are within 3 ulp around it).
@@ -204,19 +186,15 @@ def _log_cosh(pred, target):
     return (small if a < LOG_COSH_SMALL else large), t
 
 
-
 def _log_cosh_hess(pred, target):
     # 1 - tanh^2 d = 1 / cosh^2 d = 4 e / (1 + e)^2 with e = exp(-2|d|): accurate where tanh^2 rounds to 1
     return 4.0 * sigmoid_curvature(2.0 * (pred - target))
 
 
-log_cosh = register(LossSpec(
-    name="log_cosh",
-    kind="pointwise",
-    kernel=_log_cosh,
+log_cosh = _residual(
+    "log_cosh", _log_cosh,
     hessian=_log_cosh_hess,
     hessian_formula=r"\partial^2 \ell / \partial x^2 = 1 - \tanh^2(x - y)",
-    inputs=(PRED, TARGET),
     summary="Log-cosh loss: smooth, quadratic near zero and linear in the tails.",
     formula=r"\ell = \log\cosh(x - y)",
     gradient=r"\partial \ell / \partial x = \tanh(x - y)",
@@ -225,11 +203,10 @@ log_cosh = register(LossSpec(
     semantics="Matches ``optax.losses.log_cosh``; stable for any residual.",
     properties=Properties("regression", "low", "smooth, bounded by 1", "smooth robust regression", "medium (exp)"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> round(float(fl.log_cosh(np.array([0.0, 1.0]), np.zeros(2))), 6)
     0.21689
     """,
-))
+)
 
 
 # the contract flag only: with the kernels' ``reassoc``, LLVM factors ``t/2 - p/2`` back into ``(t - p)/2``
@@ -258,19 +235,15 @@ def _quantile(pred, target, q):
     return (q * d if above else (q - 1.0) * d) / s, (grad if d == d else d)  # NaN residual -> NaN gradient
 
 
-
 def _quantile_hess(pred, target, q):
     return unit_curvature(pred - target)
 
 
-quantile = register(LossSpec(
-    name="quantile",
-    kind="pointwise",
-    kernel=_quantile,
+quantile = _residual(
+    "quantile", _quantile,
     hessian=_quantile_hess,
     hessian_formula=r"\partial^2 \ell / \partial x^2 = 0 \text{ (almost everywhere); returned: } 1",
     hessian_note="The second derivative is 0 wherever it exists; the Hessian returned is 1, as scikit-learn's ``gradient_hessian`` for ``PinballLoss`` gives.",
-    inputs=(PRED, TARGET),
     params=(Param("q", 0.5, "Quantile level", Interval(0.0, 1.0, (False, False))),),
     summary="Quantile (pinball) loss.",
     formula=r"\ell = \max\bigl(q (y - x), (q - 1)(y - x)\bigr)",
@@ -281,11 +254,10 @@ quantile = register(LossSpec(
     properties=Properties("regression", "low", "constant (two levels)", "prediction intervals, quantile regression", "low"),
     fd_safe=_away_from(),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> float(fl.quantile(np.array([0.0, 2.0]), np.array([1.0, 1.0]), q=0.9))
     0.5
     """,
-))
+)
 
 
 def _robust(pred, target, alpha, scale):
@@ -311,11 +283,8 @@ def _robust(pred, target, alpha, scale):
     return value, grad
 
 
-robust = register(LossSpec(
-    name="robust",
-    kind="pointwise",
-    kernel=_robust,
-    inputs=(PRED, TARGET),
+robust = _residual(
+    "robust", _robust,
     params=(
         Param("alpha", 1.0, "Shape: 2 is L2, 1 pseudo-Huber, 0 Cauchy, -2 Geman-McClure, -inf Welsch",
               Interval(-math.inf, math.inf, (True, False)), special=(2.0, 0.0, -math.inf, -2.0, 1e-7, 2.0 - 1e-7)),
@@ -332,8 +301,7 @@ robust = register(LossSpec(
     properties=Properties("regression", "tunable: from high (alpha=2) to none (alpha<=0)",
                           "bounded for alpha<=1, redescending for alpha<0", "robust fitting with unknown noise", "medium"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> round(float(fl.robust(np.array([3.0]), np.zeros(1), alpha=0.0)), 6)
     1.704748
     """,
-))
+)

@@ -7,11 +7,13 @@ penalties ``||w||_1`` and ``0.5 ||w||_2^2`` are ``reduction="sum"``.
 
 from __future__ import annotations
 
-from .._api import register
-from .._spec import Input, LossSpec, Properties
+from .._api import family
+from .._spec import Input, Properties
 from ._common import sign, unit_curvature
 
 PARAMS = Input("x", "Parameter array to penalise (e.g. a weight matrix).", differentiable=True)
+#: the penalties: one parameter array, per element
+_penalty = family("pointwise", inputs=(PARAMS,))
 
 
 def _away_from_zero(inputs, params, h):
@@ -24,19 +26,15 @@ def _l1(x):
     return abs(x), sign(x)
 
 
-
 def _l1_hess(x):
     return unit_curvature(x)
 
 
-l1 = register(LossSpec(
-    name="l1",
-    kind="pointwise",
-    kernel=_l1,
+l1 = _penalty(
+    "l1", _l1,
     hessian=_l1_hess,
     hessian_formula=r"\partial^2 \ell / \partial x^2 = 0 \text{ (almost everywhere); returned: } 1",
     hessian_note="The second derivative is 0 wherever it exists; the Hessian returned is 1, the convention scikit-learn's ``gradient_hessian`` uses for ``AbsoluteError``.",
-    inputs=(PARAMS,),
     summary="L1 penalty (lasso): the absolute value of each parameter.",
     formula=r"\ell(x) = |x|\qquad(\text{``sum'' reduction: } \|x\|_1)",
     gradient=r"\partial \ell / \partial x = \operatorname{sign}(x)\quad(0 \text{ at } x = 0)",
@@ -46,29 +44,24 @@ l1 = register(LossSpec(
     properties=Properties("regularisation", "n/a", "constant magnitude (sign)", "sparse weights (lasso)", "low"),
     fd_safe=_away_from_zero,
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> float(fl.l1(np.array([0.5, -2.0, 0.0]), reduction="sum"))
     2.5
     """,
-))
+)
 
 
 def _l2(x):
     return 0.5 * x * x, x
 
 
-
 def _l2_hess(x):
     return 1.0 if x == x else x
 
 
-l2 = register(LossSpec(
-    name="l2",
-    kind="pointwise",
-    kernel=_l2,
+l2 = _penalty(
+    "l2", _l2,
     hessian=_l2_hess,
     hessian_formula=r"\partial^2 \ell / \partial x^2 = 1",
-    inputs=(PARAMS,),
     summary="L2 penalty (ridge, weight decay): half the square of each parameter.",
     formula=r"\ell(x) = \tfrac12 x^2\qquad(\text{``sum'' reduction: } \tfrac12 \|x\|_2^2)",
     gradient=r"\partial \ell / \partial x = x",
@@ -79,10 +72,9 @@ l2 = register(LossSpec(
               "PyTorch's ``weight_decay`` term ``lambda * x``.",
     properties=Properties("regularisation", "n/a", "linear in the parameter", "ridge, weight decay", "low"),
     example="""
-    >>> import numpy as np, fastloss as fl
     >>> float(fl.l2(np.array([1.0, -2.0]), reduction="sum"))
     2.5
     >>> fl.l2.grad(np.array([1.0, -2.0]), reduction="sum")
     array([ 1., -2.])
     """,
-))
+)

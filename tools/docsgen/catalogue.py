@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 
 import fastloss
 from fastloss import kinds
+from fastloss._docs import example_text
 
 #: The catalogue properties of a declaration (``fastloss._spec.Properties``), with their headings.
 PROPERTIES = (
@@ -266,7 +267,7 @@ def loss_page(loss, image: str | None = None) -> str:
     if spec.reference:
         out += ["## Reference", "", md_inline(spec.reference), ""]
     if spec.example.strip():
-        out += ["## Example", "", "```pycon", textwrap.dedent(spec.example).strip(), "```", ""]
+        out += ["## Example", "", "```pycon", example_text(spec), "```", ""]
     module = declared_in(loss)
     if module:
         out += [f"Declared in `{module.replace('.', '/')}.py` ({spec.kind} kind).", ""]
