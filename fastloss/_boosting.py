@@ -1,9 +1,11 @@
-"""What the gradient-boosting adapters share: a loss resolved once, and its per-sample gradient and
-Hessian (or mean value) for labels, predictions and sample weights.
+"""What the gradient-boosting adapters share: a loss resolved once, its per-sample gradient and
+Hessian (or mean value) for predictions, labels and sample weights, and both call signatures.
 
 Boosting libraries want the derivatives of the *sum* of the per-sample losses, each multiplied by its
 sample weight (a custom objective applies the weights itself): ``grad_hess(..., weight=w,
-reduction="sum")``. Their metrics report the weighted mean.
+reduction="sum")``. Their metrics report the weighted mean. XGBoost and LightGBM call a custom
+function either natively, ``f(predictions, data)`` with ``data.get_label()`` / ``data.get_weight()``,
+or from their scikit-learn wrappers, ``f(y_true, y_pred, weight)``; one callable serves both.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ._api import Loss
-from ._registry import get
+from ._registry import REGISTRY, get
 
 
 def resolve(adapter: str, loss: str | Loss, params: dict[str, Any], *, second_order: bool) -> Loss:
@@ -26,18 +28,11 @@ def resolve(adapter: str, loss: str | Loss, params: dict[str, Any], *, second_or
     if len(spec.inputs) < 2 or not spec.inputs[0].differentiable or len(spec.differentiable) != 1:
         raise ValueError(f"{adapter}: {spec.name} is not a loss of (prediction, label) with one differentiable input")
     if second_order and (spec.hessian is None or not getattr(loss._kind, "hessians", False)):
-        raise NotImplementedError(
-            f"{adapter}: {spec.name} has no Hessian yet; losses with one: "
-            + ", ".join(n for n in sorted(_with_hessians()))
-        )
+        with_hessians = sorted(n for n, other in REGISTRY.items() if other.spec.hessian is not None)
+        raise NotImplementedError(f"{adapter}: {spec.name} has no Hessian yet; losses with one: "
+                                  + ", ".join(with_hessians))
     loss._bind((None,) * len(spec.inputs), dict(params), with_out=False)  # raises for a bad parameter
     return loss
-
-
-def _with_hessians() -> list[str]:
-    from ._registry import REGISTRY
-
-    return [n for n, loss in REGISTRY.items() if loss.spec.hessian is not None]
 
 
 def _weight(w) -> np.ndarray | None:
@@ -45,11 +40,43 @@ def _weight(w) -> np.ndarray | None:
     return None if w is None or w.size == 0 else w
 
 
-def grad_hess(loss: Loss, params: dict[str, Any], preds, labels, weight) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample gradient and Hessian of ``weight_i * loss(preds_i, labels_i)``."""
-    return loss.grad_hess(preds, labels, weight=_weight(weight), reduction="sum", **params)
+class _Custom:
+    """A loss with its parameters, called the native way or the scikit-learn wrappers' way."""
+
+    adapter = "fastloss"
+
+    def __init__(self, loss: str | Loss, params: dict[str, Any], *, second_order: bool):
+        self.loss = resolve(self.adapter, loss, params, second_order=second_order)
+        self.params = params
+        self.__name__ = self.loss.spec.name
+
+    def _args(self, a, b, weight):
+        """``(predictions, labels, weights)`` from ``(predictions, data)`` or ``(y_true, y_pred, weight)``."""
+        if hasattr(b, "get_label"):
+            return a, b.get_label(), _weight(b.get_weight())
+        return b, a, _weight(weight)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.loss.spec.name!r}, **{self.params!r})"
 
 
-def mean_value(loss: Loss, params: dict[str, Any], preds, labels, weight) -> float:
-    """The (weighted) mean loss."""
-    return float(loss(preds, labels, weight=_weight(weight), reduction="mean", **params))
+class Objective(_Custom):
+    """The per-sample gradient and Hessian of ``w_i * loss(pred_i, label_i)``."""
+
+    def __init__(self, loss: str | Loss, params: dict[str, Any]):
+        super().__init__(loss, params, second_order=True)
+
+    def grad_hess(self, a, b, weight) -> tuple[np.ndarray, np.ndarray]:
+        preds, labels, w = self._args(a, b, weight)
+        return self.loss.grad_hess(preds, labels, weight=w, reduction="sum", **self.params)
+
+
+class Metric(_Custom):
+    """The (sample-weighted) mean loss."""
+
+    def __init__(self, loss: str | Loss, params: dict[str, Any]):
+        super().__init__(loss, params, second_order=False)
+
+    def mean(self, a, b, weight) -> float:
+        preds, labels, w = self._args(a, b, weight)
+        return float(self.loss(preds, labels, weight=w, reduction="mean", **self.params))

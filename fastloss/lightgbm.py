@@ -20,8 +20,6 @@ or 1 where that is zero almost everywhere (``mae``, ``quantile``, ``hinge``), as
 
 from __future__ import annotations
 
-from typing import Any
-
 from . import _boosting
 from ._api import Loss
 
@@ -30,36 +28,24 @@ __all__ = ["Metric", "Objective", "metric", "objective"]
 _ADAPTER = "fastloss.lightgbm"
 
 
-class Objective:
+class Objective(_boosting.Objective):
     """A custom objective for ``lgb.train`` and the scikit-learn wrappers (see :func:`objective`)."""
 
-    def __init__(self, loss: str | Loss, params: dict[str, Any]):
-        self.loss = _boosting.resolve(_ADAPTER, loss, params, second_order=True)
-        self.params = params
-        self.__name__ = self.loss.spec.name
+    adapter = _ADAPTER
 
     def __call__(self, a, b, weight=None):
         """``(preds, dataset)`` from ``lgb.train``, or ``(y_true, y_pred, weight)`` from a wrapper."""
-        if hasattr(b, "get_label"):
-            return _boosting.grad_hess(self.loss, self.params, a, b.get_label(), b.get_weight())
-        return _boosting.grad_hess(self.loss, self.params, b, a, weight)
+        return self.grad_hess(a, b, weight)
 
 
-class Metric:
+class Metric(_boosting.Metric):
     """A custom metric for ``lgb.train(feval=...)`` and the wrappers' ``eval_metric`` (see :func:`metric`)."""
 
-    def __init__(self, loss: str | Loss, params: dict[str, Any]):
-        self.loss = _boosting.resolve(_ADAPTER, loss, params, second_order=False)
-        self.params = params
-        self.__name__ = self.loss.spec.name
+    adapter = _ADAPTER
 
     def __call__(self, a, b, weight=None):
         """``(name, value, is_higher_better)`` for ``(preds, dataset)`` or ``(y_true, y_pred, weight)``."""
-        if hasattr(b, "get_label"):
-            value = _boosting.mean_value(self.loss, self.params, a, b.get_label(), b.get_weight())
-        else:
-            value = _boosting.mean_value(self.loss, self.params, b, a, weight)
-        return self.__name__, value, False
+        return self.__name__, self.mean(a, b, weight), False
 
 
 def objective(loss: str | Loss, **params) -> Objective:

@@ -19,8 +19,6 @@ XGBoost itself is not imported (anything with ``get_label()`` / ``get_weight()``
 
 from __future__ import annotations
 
-from typing import Any
-
 from . import _boosting
 from ._api import Loss
 
@@ -29,37 +27,25 @@ __all__ = ["Metric", "Objective", "metric", "objective"]
 _ADAPTER = "fastloss.xgboost"
 
 
-class Objective:
+class Objective(_boosting.Objective):
     """A custom objective for ``xgb.train(obj=...)`` and the scikit-learn wrappers (see :func:`objective`)."""
 
-    def __init__(self, loss: str | Loss, params: dict[str, Any]):
-        self.loss = _boosting.resolve(_ADAPTER, loss, params, second_order=True)
-        self.params = params
-        self.__name__ = self.loss.spec.name
+    adapter = _ADAPTER
 
     def __call__(self, a, b, sample_weight=None):
         """``(predt, dtrain)`` from ``xgb.train``, or ``(y_true, y_pred, sample_weight)`` from a wrapper."""
-        if hasattr(b, "get_label"):  # native: predictions and the DMatrix
-            return _boosting.grad_hess(self.loss, self.params, a, b.get_label(), b.get_weight())
-        return _boosting.grad_hess(self.loss, self.params, b, a, sample_weight)
-
-    def __repr__(self) -> str:
-        return f"fastloss.xgboost.objective({self.loss.spec.name!r}, **{self.params!r})"
+        return self.grad_hess(a, b, sample_weight)
 
 
-class Metric:
+class Metric(_boosting.Metric):
     """A custom metric for ``xgb.train(custom_metric=...)`` and the wrappers' ``eval_metric`` (see :func:`metric`)."""
 
-    def __init__(self, loss: str | Loss, params: dict[str, Any]):
-        self.loss = _boosting.resolve(_ADAPTER, loss, params, second_order=False)
-        self.params = params
-        self.__name__ = self.loss.spec.name
+    adapter = _ADAPTER
 
     def __call__(self, a, b, sample_weight=None):
         """``(predt, dtrain) -> (name, value)`` natively; ``(y_true, y_pred, sample_weight) -> value`` in a wrapper."""
-        if hasattr(b, "get_label"):
-            return self.__name__, _boosting.mean_value(self.loss, self.params, a, b.get_label(), b.get_weight())
-        return _boosting.mean_value(self.loss, self.params, b, a, sample_weight)
+        value = self.mean(a, b, sample_weight)
+        return (self.__name__, value) if hasattr(b, "get_label") else value
 
 
 def objective(loss: str | Loss, **params) -> Objective:

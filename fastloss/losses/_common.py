@@ -25,6 +25,22 @@ def sigmoid_curvature(x):
     return e / (q * q)
 
 
+#: What scikit-learn's ``gradient_hessian`` gives a loss whose second derivative is zero almost
+#: everywhere (``AbsoluteError``, ``PinballLoss``): 1, so that a booster's Newton step is a gradient step.
+UNIT_HESSIAN_NOTE = (
+    "The second derivative is 0 wherever it exists; the Hessian returned is 1, the convention of scikit-learn's "
+    "``gradient_hessian`` for piecewise-linear losses (``AbsoluteError``, ``PinballLoss``), so that a booster's "
+    "Newton step is a gradient step."
+)
+
+
+def unit_hessian(hessian) -> dict:
+    """The Hessian fields of a declaration whose second derivative is zero almost everywhere:
+    ``hessian`` (returning :func:`unit_curvature`), its formula and the convention's note."""
+    return {"hessian": hessian, "hessian_note": UNIT_HESSIAN_NOTE,
+            "hessian_formula": r"\partial^2 \ell / \partial x^2 = 0 \text{ (almost everywhere); returned: } 1"}
+
+
 @njit(cache=False, error_model="numpy")
 def unit_curvature(x):
     """1 for every number, NaN for NaN: the Hessian that scikit-learn's ``gradient_hessian`` gives a

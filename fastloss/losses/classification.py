@@ -11,7 +11,7 @@ from .._config import FASTMATH
 # mathfn's pow (not ``**``): a libm call per element would keep the driver loop scalar
 from .._kernels.mathfn import pow, sigmoid, softplus_sigmoid
 from .._spec import Discrete, Input, Interval, Param, Properties
-from ._common import sigmoid_curvature, unit_curvature
+from ._common import sigmoid_curvature, unit_curvature, unit_hessian
 
 LOGITS = Input("pred", "Logits (unnormalised scores).", differentiable=True)
 PROB_TARGET = Input("target", "Target probabilities (0/1 labels or soft labels).", Interval(0.0, 1.0))
@@ -175,9 +175,7 @@ def _hinge_hess(pred, target, margin):
 
 hinge = _margin(
     "hinge", _hinge,
-    hessian=_hinge_hess,
-    hessian_formula=r"\partial^2 \ell / \partial x^2 = 0 \text{ (almost everywhere); returned: } 1",
-    hessian_note="The second derivative is 0 wherever it exists; the Hessian returned is 1, the convention scikit-learn's ``gradient_hessian`` uses for piecewise-linear losses (``AbsoluteError``, ``PinballLoss``).",
+    **unit_hessian(_hinge_hess),
     summary="Hinge loss of a binary classifier.",
     formula=r"\ell = \max(0, m - y x),\quad y \in \{-1, +1\}",
     gradient=r"\partial \ell / \partial x = -y \text{ if } y x < m \text{ else } 0",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .._api import family
 from .._kernels.mathfn import softplus_sigmoid
 from .._spec import Discrete, Input, Interval, Param, Properties
-from ._common import sigmoid_curvature, unit_curvature
+from ._common import sigmoid_curvature, unit_curvature, unit_hessian
 
 #: losses of pairs of scores: one value per pair, gradients for both scores
 _pairwise = family("pointwise")
@@ -32,9 +32,7 @@ def _margin_ranking_hess(x1, x2, target, margin):
 
 margin_ranking = _pairwise(
     "margin_ranking", _margin_ranking,
-    hessian=_margin_ranking_hess,
-    hessian_formula=r"\partial^2 \ell / \partial x_1^2 = \partial^2 \ell / \partial x_2^2 = 0 \text{ (almost everywhere); returned: } 1",
-    hessian_note="The second derivatives are 0 wherever they exist; the Hessian returned is 1, the convention scikit-learn's ``gradient_hessian`` uses for piecewise-linear losses.",
+    **unit_hessian(_margin_ranking_hess),
     inputs=(
         Input("x1", "Scores of the first items.", differentiable=True),
         Input("x2", "Scores of the second items, broadcastable to ``x1``.", differentiable=True),

@@ -8,7 +8,7 @@ from .._api import family
 from .._compile import inline_helper
 from .._kernels.mathfn import exp, expm1, log1p, softplus, tanh
 from .._spec import Input, Interval, Param, Properties
-from ._common import sigmoid_curvature, sign, unit_curvature
+from ._common import sigmoid_curvature, sign, unit_curvature, unit_hessian
 
 PRED = Input("pred", "Predictions.", differentiable=True)
 TARGET = Input("target", "Targets, broadcastable to ``pred``.")
@@ -76,9 +76,7 @@ def _mae_hess(pred, target):
 
 mae = _residual(
     "mae", _mae,
-    hessian=_mae_hess,
-    hessian_formula=r"\partial^2 \ell / \partial x^2 = 0 \text{ (almost everywhere); returned: } 1",
-    hessian_note="The second derivative is 0 wherever it exists; the Hessian returned is 1, as scikit-learn's ``gradient_hessian`` for ``AbsoluteError`` gives, so that a Newton step of a booster is a gradient step.",
+    **unit_hessian(_mae_hess),
     summary="Mean absolute error (L1 loss).",
     formula=r"\ell(x, y) = |x - y|",
     gradient=r"\partial \ell / \partial x = \operatorname{sign}(x - y)\quad(0 \text{ at } x = y)",
@@ -241,9 +239,7 @@ def _quantile_hess(pred, target, q):
 
 quantile = _residual(
     "quantile", _quantile,
-    hessian=_quantile_hess,
-    hessian_formula=r"\partial^2 \ell / \partial x^2 = 0 \text{ (almost everywhere); returned: } 1",
-    hessian_note="The second derivative is 0 wherever it exists; the Hessian returned is 1, as scikit-learn's ``gradient_hessian`` for ``PinballLoss`` gives.",
+    **unit_hessian(_quantile_hess),
     params=(Param("q", 0.5, "Quantile level", Interval(0.0, 1.0, (False, False))),),
     summary="Quantile (pinball) loss.",
     formula=r"\ell = \max\bigl(q (y - x), (q - 1)(y - x)\bigr)",

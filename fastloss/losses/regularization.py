@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .._api import family
 from .._spec import Input, Properties
-from ._common import sign, unit_curvature
+from ._common import sign, unit_curvature, unit_hessian
 
 PARAMS = Input("x", "Parameter array to penalise (e.g. a weight matrix).", differentiable=True)
 #: the penalties: one parameter array, per element
@@ -32,9 +32,7 @@ def _l1_hess(x):
 
 l1 = _penalty(
     "l1", _l1,
-    hessian=_l1_hess,
-    hessian_formula=r"\partial^2 \ell / \partial x^2 = 0 \text{ (almost everywhere); returned: } 1",
-    hessian_note="The second derivative is 0 wherever it exists; the Hessian returned is 1, the convention scikit-learn's ``gradient_hessian`` uses for ``AbsoluteError``.",
+    **unit_hessian(_l1_hess),
     summary="L1 penalty (lasso): the absolute value of each parameter.",
     formula=r"\ell(x) = |x|\qquad(\text{``sum'' reduction: } \|x\|_1)",
     gradient=r"\partial \ell / \partial x = \operatorname{sign}(x)\quad(0 \text{ at } x = 0)",
