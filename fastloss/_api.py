@@ -111,8 +111,8 @@ class Loss:
             kind = select_kind(self._kind, spec, inputs, weight, out)
             if not getattr(kind, "hessians", False):
                 raise NotImplementedError(
-                    f"{loss}.{name}(): Hessians are computed for pointwise losses on the CPU; "
-                    f"this call runs on the {kind.name} kind{'' if kind is self._kind else ' (CUDA)'}"
+                    f"{loss}.{name}(): Hessians are computed on the CPU for the pointwise losses and cross "
+                    f"entropy; this call runs on the {kind.name} kind{'' if kind is self._kind else ' (CUDA)'}"
                 )
             result = kind.run(spec, inputs, params, weight, reduction, need_value=need_value, need_grad=need_grad,
                               out=gout, need_hess=True, hess_out=hout)

@@ -51,10 +51,24 @@ class _Custom:
         self.__name__ = self.loss.spec.name
 
     def _args(self, a, b, weight):
-        """``(predictions, labels, weights)`` from ``(predictions, data)`` or ``(y_true, y_pred, weight)``."""
+        """``(predictions, labels, weights)`` from ``(predictions, data)`` or ``(y_true, y_pred, weight)``.
+
+        Multi-class margins come as ``(n, classes)`` with one label per row, stored as floats by the
+        libraries: those become the class indices a softmax loss takes (integral values only).
+        """
         if hasattr(b, "get_label"):
-            return a, b.get_label(), _weight(b.get_weight())
-        return b, a, _weight(weight)
+            preds, labels, w = a, b.get_label(), b.get_weight()
+        else:
+            preds, labels, w = b, a, weight
+        if np.ndim(preds) == 2 and np.ndim(labels) == 1:
+            labels = np.asarray(labels)
+            if labels.dtype.kind == "f":
+                classes = labels.astype(np.int64)
+                if not np.array_equal(classes, labels):
+                    raise ValueError(f"{self.adapter}: multi-class labels must be class indices 0, 1, ...; "
+                                     f"got {labels[classes != labels][:3]}")
+                labels = classes
+        return preds, labels, _weight(w)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.loss.spec.name!r}, **{self.params!r})"

@@ -15,7 +15,8 @@ here, as LightGBM expects of a custom objective. Both signatures LightGBM 4 uses
 ``f(preds, dataset)`` for ``lgb.train`` and ``f(y_true, y_pred, weight)`` for the scikit-learn
 wrappers. The Hessian convention is the loss's own (see its docstring): the true second derivative,
 or 1 where that is zero almost everywhere (``mae``, ``quantile``, ``hinge``), as scikit-learn's
-``gradient_hessian`` does. Pointwise losses on the CPU; LightGBM itself is not imported.
+``gradient_hessian`` does. Pointwise losses and ``cross_entropy`` (multi-class margins
+``(n, classes)``, float labels read as class indices) on the CPU; LightGBM itself is not imported.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def objective(loss: str | Loss, **params) -> Objective:
     Parameters
     ----------
     loss : str or Loss
-        A loss name (``"huber"``) or a loss with a declared Hessian (pointwise losses).
+        A loss name (``"huber"``) or a loss with a declared Hessian (pointwise losses, ``cross_entropy``).
     **params
         The loss's hyper-parameters, checked now.
 

@@ -13,7 +13,8 @@ with respect to the raw margin (``fastloss.<loss>.grad_hess(..., weight=w, reduc
 sample weights of the ``DMatrix`` (``get_weight()``) or of the scikit-learn wrapper's ``fit`` are
 applied here, as XGBoost expects of a custom objective. The Hessian convention is the loss's own (see
 its docstring): the true second derivative, or 1 where that is zero almost everywhere (``mae``,
-``quantile``, ``hinge``), as scikit-learn's ``gradient_hessian`` does. Pointwise losses on the CPU;
+``quantile``, ``hinge``), as scikit-learn's ``gradient_hessian`` does. Pointwise losses and
+``cross_entropy`` (multi-class margins ``(n, classes)``, float labels read as class indices) on the CPU;
 XGBoost itself is not imported (anything with ``get_label()`` / ``get_weight()`` works).
 """
 
@@ -54,7 +55,7 @@ def objective(loss: str | Loss, **params) -> Objective:
     Parameters
     ----------
     loss : str or Loss
-        A loss name (``"huber"``) or a loss with a declared Hessian (pointwise losses).
+        A loss name (``"huber"``) or a loss with a declared Hessian (pointwise losses, ``cross_entropy``).
     **params
         The loss's hyper-parameters, checked now.
 

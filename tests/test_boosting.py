@@ -69,7 +69,7 @@ def test_metrics_are_the_weighted_mean():
 @pytest.mark.parametrize("module", [flx, fll])
 def test_bad_losses_and_parameters_are_refused_at_once(module):
     with pytest.raises(NotImplementedError, match="no Hessian"):
-        module.objective("cross_entropy")
+        module.objective("softmax_focal")
     with pytest.raises(NotImplementedError, match="no Hessian"):
         module.objective("robust")
     with pytest.raises(ValueError, match="one differentiable input"):
@@ -138,3 +138,39 @@ def test_lightgbm_wrapper_with_sample_weights_and_metric():
               eval_metric=fll.metric("huber", delta=1.0))
     history = model.evals_result_["training"]["huber"]
     assert history[-1] < 0.5 * history[0]
+
+
+def _multiclass(n=300, seed=2):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4))
+    y = np.argmax(X[:, :3] + rng.normal(scale=0.5, size=(n, 3)), axis=1).astype(np.float64)  # floats, as stored
+    return X, y
+
+
+@pytest.mark.parametrize("module", [flx, fll])
+def test_multiclass_objective_takes_float_labels_as_class_indices(module):
+    rng = np.random.default_rng(3)
+    margins, labels = rng.normal(size=(50, 3)), rng.integers(0, 3, 50)
+    g, h = module.objective("cross_entropy")(margins, Data(labels.astype(np.float32)))
+    want = fl.cross_entropy.grad_hess(margins, labels, reduction="sum")
+    np.testing.assert_array_equal(g, want[0])
+    np.testing.assert_array_equal(h, want[1])
+    with pytest.raises(ValueError, match="class indices"):
+        module.objective("cross_entropy")(margins, Data(np.full(50, 0.5)))
+
+
+def test_multiclass_boosting_with_cross_entropy():
+    xgb = pytest.importorskip("xgboost")
+    lgb = pytest.importorskip("lightgbm")
+    X, y = _multiclass()
+    d = xgb.DMatrix(X, label=y)
+    booster = xgb.train({"num_class": 3, "tree_method": "hist", "max_depth": 3, "nthread": 1}, d,
+                        num_boost_round=15, obj=flx.objective("cross_entropy"))
+    margins = booster.predict(d, output_margin=True)
+    assert margins.shape == (300, 3)
+    start = float(fl.cross_entropy(np.zeros((300, 3)), y.astype(np.int64)))
+    assert float(fl.cross_entropy(margins, y.astype(np.int64))) < 0.6 * start
+    model = lgb.train({"objective": fll.objective("cross_entropy"), "num_class": 3, "verbose": -1, "num_threads": 1},
+                      lgb.Dataset(X, label=y), num_boost_round=15)
+    raw = model.predict(X, raw_score=True)
+    assert float(fl.cross_entropy(raw, y.astype(np.int64))) < 0.6 * start

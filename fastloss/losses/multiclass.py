@@ -178,6 +178,59 @@ def _softcapped(v, cap):
     return cap * th, 1.0 - th * th
 
 
+def _cross_entropy_hess(x, y, t, w, h, scale, eps, z_loss, cap):
+    # Diagonal of the Hessian with respect to the logits. In the (capped) logits c the gradient is
+    # G_j = (W + 2 z w_y lse) p_j - w_j t'_j with W = sum_k w_k t'_k, so d G_j / d c_j =
+    # (W + 2 z w_y lse) p_j (1 - p_j) + 2 z w_y p_j^2; through the cap c = cap tanh(x / cap) the
+    # chain rule adds G_j c''_j to the curvature times c'_j^2. 1 - p_j is the sum of the other
+    # terms (prefix and suffix sums), which does not cancel when p_j is close to 1.
+    nr, nc = x.shape
+    wsum = 0.0
+    for j in range(w.size):
+        wsum += w[j]
+    if not w.size:
+        wsum = float(nc)
+    c = np.empty(nc)
+    a = np.empty(nc)
+    e = np.empty(nc)
+    rest = np.empty(nc)
+    for r in range(nr):
+        m = -np.inf
+        for j in range(nc):
+            cj, aj = _softcapped(np.float64(x[r, j]), cap)
+            c[j] = cj
+            a[j] = aj
+            m = max(m, cj)
+        s = 0.0
+        for j in range(nc):
+            e[j] = exp(c[j] - m)
+            rest[j] = s  # the terms before j
+            s += e[j]
+        after = 0.0
+        for j in range(nc - 1, -1, -1):
+            rest[j] += after
+            after += e[j]
+        lse = m + log(s)
+        if y.size:
+            wy = w[y[r]] if w.size else 1.0
+            big = (1.0 - eps) * wy + eps / nc * wsum
+        else:
+            wy = 1.0
+            big = 0.0
+            for j in range(nc):
+                big += (w[j] if w.size else 1.0) * ((1.0 - eps) * t[r, j] + eps / nc)
+        zr = z_loss * wy
+        coef = big + 2.0 * zr * lse if zr != 0.0 else big
+        for j in range(nc):
+            p = e[j] / s
+            hc = coef * p * (rest[j] / s) + 2.0 * zr * p * p
+            if cap != 0.0:
+                tj = (1.0 - eps) * ((1.0 if j == y[r] else 0.0) if y.size else t[r, j]) + eps / nc
+                gj = coef * p - (w[j] if w.size else 1.0) * tj
+                hc = hc * a[j] * a[j] - 2.0 * gj * (c[j] / cap) * a[j] / cap
+            h[r, j] = scale * hc
+
+
 def _smoothed_cross_entropy(x, y, t, w, g, scale, loss, eps, z_loss, cap):
     # Label smoothing, probability targets and/or soft-capping. With t' = (1 - eps) t + eps / C
     # (t one-hot for class indices) the loss is sum_j w_j t'_j (lse - c_j) and its gradient with
@@ -253,6 +306,11 @@ def _smoothed_cross_entropy(x, y, t, w, g, scale, loss, eps, z_loss, cap):
 
 cross_entropy = _rowwise(
     "cross_entropy", _cross_entropy,
+    hessian=_cross_entropy_hess,
+    hessian_formula=r"\partial^2 \ell_i / \partial c_{ij}^2 = \Big(\sum_k w_k t'_{ik} + 2 \zeta w_{y_i} \operatorname{lse}(c_i)\Big) p_{ij} (1 - p_{ij}) + 2 \zeta w_{y_i} p_{ij}^2,\quad p_i = \operatorname{softmax}(c_i)",
+    hessian_note=("The diagonal with respect to the logits, ``p (1 - p)`` times the row's target weight for plain "
+                  "cross entropy (scikit-learn's ``HalfMultinomialLoss`` gives the same); with ``softcap`` the "
+                  "chain rule through ``softcap * tanh(x / softcap)`` is included. Ignored rows get 0."),
     inputs=(LOGITS, TARGET),
     params=(
         Param("label_smoothing", 0.0, "Weight of the uniform distribution mixed into the target",

@@ -65,11 +65,20 @@ from ..._kernels.tuples import chunk_stats
 from . import primitives as rowops
 
 
-def _row_kernel(*args):  # placeholder, rebound per loss by ``specialise``
+def _row_kernel(*args):  # placeholders, rebound per loss by ``specialise``
     raise NotImplementedError
 
 
-def rowwise_driver(x, y, t, w, g, loss_rows, params, scale, ignore_index, flags, partials, stats, b0, b1):
+def _hess_kernel(*args):
+    raise NotImplementedError
+
+
+#: Whether this specialisation writes the Hessian diagonal (a compile-time constant: drivers
+#: compiled without it contain no Hessian code)
+_HESS = False
+
+
+def rowwise_driver(x, y, t, w, g, h, loss_rows, params, scale, ignore_index, flags, partials, stats, b0, b1):
     """Fused row losses and gradients of row blocks ``b0`` to ``b1 - 1`` of ``(n, classes)`` C-contiguous arrays.
 
     Parameters
@@ -85,6 +94,10 @@ def rowwise_driver(x, y, t, w, g, loss_rows, params, scale, ignore_index, flags,
         Class weights.
     g : (n, classes) or (0, classes)
         Gradient output (may be ``x``), or empty when ``flags`` lacks ``NEED_GRAD``.
+    h : (n, classes) or (0, classes)
+        Output of the Hessian diagonal, scaled as the gradient (drivers specialised with ``_HESS``:
+        ``_hess_kernel(x, y, t, w, h, scale, *params)`` writes it, before the row kernel may
+        overwrite ``x`` with the gradient); empty otherwise.
     loss_rows : (n,) float64 or empty
         Per-row losses for ``reduction="none"`` (when ``flags & PER_ROW``); ``(2 n,)`` with
         ``NEED_AUX``, the auxiliary parts after the losses.
@@ -125,6 +138,8 @@ def rowwise_driver(x, y, t, w, g, loss_rows, params, scale, ignore_index, flags,
             else:
                 yk[i] = yb[i]
         lb = np.empty(2 * nr if need_aux else nr)
+        if _HESS:
+            _hess_kernel(x[lo:hi], yk, tb, w, h[lo:hi], scale, *params)
         _row_kernel(x[lo:hi], yk, tb, w, gb, scale, lb, *params)
         if nignored:
             for i in range(nr):
@@ -135,6 +150,9 @@ def rowwise_driver(x, y, t, w, g, loss_rows, params, scale, ignore_index, flags,
                     if need_grad:
                         for j in range(nc):  # loops, not slice assignments: those compile a
                             gb[i, j] = 0.0  # shape check whose error message costs seconds
+                    if _HESS:
+                        for j in range(nc):
+                            h[lo + i, j] = 0.0
         acc = 0.0
         for i in range(nr):
             acc += lb[i]

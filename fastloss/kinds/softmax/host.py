@@ -124,6 +124,8 @@ class RowwiseKind:
     elementwise = False
     #: ``reduction="none"`` backward in the adapters: each row's loss depends on its own row only
     none_backward = "scale"
+    #: ``run`` computes the Hessian diagonal (``need_hess``) of losses that declare ``hessian``
+    hessians = True
 
     def per_sample_shape(self, spec: LossSpec, params, shapes) -> tuple[int, ...]:
         """The logits' shape without the class axis."""
@@ -153,16 +155,17 @@ class RowwiseKind:
         ps.append(Param("axis", -1, f"Axis of ``{spec.inputs[0].name}`` that holds the classes", type=int))
         return tuple(ps)
 
-    def driver(self, spec: LossSpec, mode: str, func=None):
+    def driver(self, spec: LossSpec, mode: str, func=None, hessian=None):
         """The compiled driver of ``spec`` for ``mode``, around ``func`` (default ``spec.kernel``).
 
         ``func`` is one of the kernels a declaration's ``options["kernel_for"]`` picks: a loss may
         give its common case a kernel of its own, which compiles in a fraction of the time of the
-        general one (cross entropy without label smoothing or soft-capping).
+        general one (cross entropy without label smoothing or soft-capping). ``hessian``: the
+        declaration's Hessian kernel, for a driver that also writes the Hessian diagonal.
         """
         func = spec.kernel if func is None else func
         split = mode == "split"  # "ser" and "par" are one compiled function (run on block ranges)
-        key = (spec.name, split, func)
+        key = (spec.name, split, func, hessian)
         drv = self._drivers.get(key)
         if drv is None:
             with _compile_lock:
@@ -172,12 +175,17 @@ class RowwiseKind:
                     if kernel is None:
                         kernel = self._kernels[func, split] = rowwise_cpu.row_kernel(func, split=split)
                     variant = "" if func is spec.kernel else "__" + func.__name__.lstrip("_")
+                    bindings = {"_row_kernel": kernel}
+                    if hessian is not None:
+                        variant += "__hess"
+                        bindings.update(_HESS=True, _hess_kernel=rowwise_cpu.row_kernel(hessian))
                     drv = specialise(
                         rowwise_cpu.rowwise_driver,
                         spec.name + variant + ("__split" if split else ""),
-                        {"_row_kernel": kernel},
+                        bindings,
                         parallel=False,
-                        hashed=(func, *(f for pair in rowops.PRIMITIVES.values() for f in pair)),
+                        hashed=(func, *(f for pair in rowops.PRIMITIVES.values() for f in pair),
+                                *((hessian,) if hessian is not None else ())),
                         cache=spec.options.get("cache", True),
                     )
                     self._drivers[key] = readonly_dispatcher(drv)
@@ -189,9 +197,14 @@ class RowwiseKind:
         pick = spec.options.get("kernel_for")
         return spec.kernel if pick is None else pick(params, index_targets)
 
-    def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False):
+    def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False,
+            need_hess=False, hess_out=None):
+        """One call: checks, buffers, one fused driver pass. ``need_hess``: also the Hessian
+        diagonal with respect to the logits, into ``hess_out`` when given."""
         name = spec.name
         xname, tname = spec.inputs[0].name, spec.inputs[1].name
+        if need_hess and spec.hessian is None:
+            raise NotImplementedError(f"{name}: no second derivative is declared for this loss")
         logits = as_array(name, xname, inputs[0])
         target = as_array(name, tname, inputs[1])
         if logits.ndim == 0:
@@ -268,6 +281,14 @@ class RowwiseKind:
                 g2 = _buffers.empty((n, nc), dtype)
         else:
             g2 = np.empty((0, nc), dtype)
+        if need_hess:
+            if hess_out is not None:
+                hess_out = check_outs(name, (xname, tname), (0,), hess_out, (logits, target), weight)[0]
+                if out is not None and np.may_share_memory(hess_out, out):
+                    raise ValueError(f"{name}: out= gives the gradient and the Hessian overlapping buffers")
+            h2 = _buffers.empty((n, nc), dtype)  # private: copied into hess_out at the end
+        else:
+            h2 = np.empty((0, nc), dtype)
 
         per_row = need_value and reduction == "none"
         aux = need_value and bool(params.get(spec.options.get("aux", ""), False))
@@ -285,8 +306,11 @@ class RowwiseKind:
         partials = np.zeros(parts * nb, dtype=np.float64)
         if n:
             mode = _mode(n, nc)
-            drv = self.driver(spec, mode, self.kernel_for(spec, params, y.size > 0))
-            args = (x2, y, t2, w, g2, loss_rows, spec.kernel_params(params), scale, ignore_index,
+            if need_hess and mode == "split":
+                mode = "par"  # the Hessian kernel has no split twin: rows go to threads whole
+            kernel = self.kernel_for(spec, params, y.size > 0)
+            drv = self.driver(spec, mode, kernel, spec.hessian if need_hess else None)
+            args = (x2, y, t2, w, g2, h2, loss_rows, spec.kernel_params(params), scale, ignore_index,
                     flags, partials, stat_rows)
             total = _run_blocks(drv, mode, args, partials, nb)
 
@@ -313,7 +337,16 @@ class RowwiseKind:
                 else:
                     grad = full.astype(gdtype, copy=False)
             grads = (grad,)
-        return Result(value, grads, _stats.combine(stat_rows) if stats else None)
+        hess = ()
+        if need_hess:
+            full = h2.reshape(xm.shape)
+            if axis != logits.ndim - 1:
+                full = np.moveaxis(full, -1, axis)
+            if hess_out is not None:
+                hess_out[...] = full
+                full = hess_out
+            hess = (full if hess_out is not None else full.astype(gdtype, copy=False),)
+        return Result(value, grads, _stats.combine(stat_rows) if stats else None, hess)
 
     @staticmethod
     def _target_form(spec, logits, target, lead, axis) -> str:
@@ -445,7 +478,8 @@ class RowwiseKind:
                 drv = drivers[mode, kernel] = self.driver(spec, mode, kernel)
             nb = rowwise_cpu.nblocks(n, nc)
             partials = np.zeros(nb, dtype=np.float64)
-            call = (x, y, np.empty((0, nc), dtype), no_weight, g, no_rows, kparams, scale, ignore_index,
+            none = np.empty((0, nc), dtype)
+            call = (x, y, none, no_weight, g, none, no_rows, kparams, scale, ignore_index,
                     flags, partials, no_stats)
             total = _run_blocks(drv, mode, call, partials, nb)
             if not need_value:
