@@ -99,6 +99,7 @@ class Loss:
         loss = self.spec.name
 
         def method(*args, **kwargs):
+            floor = _check_floor(loss, name, kwargs.pop("hess_floor", None))
             inputs, params, weight, reduction, out, stats = self._bind(args, kwargs, with_out=True)
             if stats is not False:
                 raise TypeError(f"{loss}.{name}() does not take stats=")
@@ -116,6 +117,9 @@ class Loss:
                 )
             result = kind.run(spec, inputs, params, weight, reduction, need_value=need_value, need_grad=need_grad,
                               out=gout, need_hess=True, hess_out=hout)
+            if floor is not None:
+                for a in result.hess:
+                    np.maximum(a, floor, out=a)  # NaN stays NaN
             h = result.hess[0] if single else tuple(result.hess)
             if not need_grad:
                 return h
@@ -125,7 +129,7 @@ class Loss:
         method.__name__ = name
         method.__qualname__ = f"{loss}.{name}"
         method.__doc__ = render_docstring(self.spec, self._params, name)
-        method.__signature__ = self._signature(with_out=True, with_stats=False)
+        method.__signature__ = self._signature(with_out=True, with_stats=False, hess_floor=True)
         return method
 
     def _fast_path(self, *, need_value: bool, need_grad: bool, with_out: bool):
@@ -209,7 +213,7 @@ class Loss:
 
     # -- introspection -------------------------------------------------------------------------
 
-    def _signature(self, *, with_out: bool, with_stats: bool = True) -> inspect.Signature:
+    def _signature(self, *, with_out: bool, with_stats: bool = True, hess_floor: bool = False) -> inspect.Signature:
         P = inspect.Parameter
         ps = [
             P(i.name, P.POSITIONAL_OR_KEYWORD, default=None if i.optional else P.empty)
@@ -217,6 +221,8 @@ class Loss:
         ]
         ps += [P(p.name, P.KEYWORD_ONLY, default=p.default) for p in self._params]
         ps += [P("weight", P.KEYWORD_ONLY, default=None), P("reduction", P.KEYWORD_ONLY, default="mean")]
+        if hess_floor:
+            ps.append(P("hess_floor", P.KEYWORD_ONLY, default=None))
         if with_out:
             ps += [P("out", P.KEYWORD_ONLY, default=None)]
         if with_out and with_stats:
@@ -228,6 +234,17 @@ class Loss:
 
     def __reduce__(self):  # picklable by name, e.g. for Dask tasks and multiprocessing
         return (get, (self.spec.name,))
+
+
+def _check_floor(loss: str, method: str, floor):
+    """``hess_floor``: None or a real number (not NaN)."""
+    if floor is None:
+        return None
+    if isinstance(floor, (bool, np.bool_)) or not isinstance(floor, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{loss}.{method}(): hess_floor must be a number or None, got {type(floor).__name__}")
+    if floor != floor:
+        raise ValueError(f"{loss}.{method}(): hess_floor must not be NaN")
+    return float(floor)
 
 
 def register(spec: LossSpec) -> Loss:

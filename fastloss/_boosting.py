@@ -78,11 +78,15 @@ class Objective(_Custom):
     """The per-sample gradient and Hessian of ``w_i * loss(pred_i, label_i)``."""
 
     def __init__(self, loss: str | Loss, params: dict[str, Any]):
+        params = dict(params)
+        #: the Hessian's lower clip (``grad_hess``'s ``hess_floor``), for losses with negative curvature
+        self.hess_floor = params.pop("hess_floor", None)
         super().__init__(loss, params, second_order=True)
 
     def grad_hess(self, a, b, weight) -> tuple[np.ndarray, np.ndarray]:
         preds, labels, w = self._args(a, b, weight)
-        return self.loss.grad_hess(preds, labels, weight=w, reduction="sum", **self.params)
+        return self.loss.grad_hess(preds, labels, weight=w, reduction="sum", hess_floor=self.hess_floor,
+                                   **self.params)
 
 
 class Metric(_Custom):

@@ -47,6 +47,10 @@ def _param_block(p: Param) -> str:
 
 
 _HESS_METHODS = ("hess", "grad_hess", "value_grad_hess")
+_HESS_FLOOR_DOC = """hess_floor : float, optional
+    Clip the returned Hessian from below (``np.maximum(hess, hess_floor)``, after weights and
+    reduction scaling; NaN stays NaN), for boosters that need positive Hessians where the true
+    second derivative is zero or negative."""
 _HESS_OUT_DOC = """out : ndarray or tuple, optional
     Buffer(s) for the Hessian diagonal: the input's shape and dtype, writable, sharing memory with no
     other input or the weight (it may be its own input)."""
@@ -101,6 +105,7 @@ def render_docstring(spec: LossSpec, params: Sequence[Param], method: str) -> st
     parts += [d for d in (spec.options.get("weight_doc", _WEIGHT_DOC),
                           spec.options.get("reduction_doc", _REDUCTION_DOC)) if d]
     if method in _HESS_METHODS:
+        parts.append(_HESS_FLOOR_DOC)
         parts.append(_HESS_OUT_DOC if method == "hess" else _GRAD_HESS_OUT_DOC)
     elif method != "value":
         parts.append(_OUT_DOC)

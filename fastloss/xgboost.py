@@ -57,7 +57,8 @@ def objective(loss: str | Loss, **params) -> Objective:
     loss : str or Loss
         A loss name (``"huber"``) or a loss with a declared Hessian (pointwise losses, ``cross_entropy``).
     **params
-        The loss's hyper-parameters, checked now.
+        The loss's hyper-parameters, checked now, and optionally ``hess_floor`` (clip the Hessian
+        from below, for losses whose second derivative can be zero or negative).
 
     Returns
     -------

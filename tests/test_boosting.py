@@ -50,6 +50,16 @@ def test_objective_is_the_weighted_per_sample_grad_hess(module):
         np.testing.assert_array_equal(got[1], unweighted[1])
 
 
+@pytest.mark.parametrize("module", [flx, fll])
+def test_objective_hess_floor(module):
+    pred, label = np.array([-8.0, 0.0, 3.0]), np.array([1.0, 1.0, 0.0])
+    g, h = module.objective("sigmoid_focal", hess_floor=1e-6)(pred, Data(label))
+    want = fl.sigmoid_focal.grad_hess(pred, label, reduction="sum", hess_floor=1e-6)
+    np.testing.assert_array_equal(g, want[0])
+    np.testing.assert_array_equal(h, want[1])
+    assert h.min() >= 1e-6
+
+
 def test_wrappers_see_the_weight_parameter():
     # XGBoost's wrapper passes weights only to a function with a ``sample_weight`` parameter;
     # LightGBM's passes (y_true, y_pred, weight) to a function of three parameters
@@ -71,7 +81,7 @@ def test_bad_losses_and_parameters_are_refused_at_once(module):
     with pytest.raises(NotImplementedError, match="no Hessian"):
         module.objective("softmax_focal")
     with pytest.raises(NotImplementedError, match="no Hessian"):
-        module.objective("robust")
+        module.objective("kl_divergence")
     with pytest.raises(ValueError, match="one differentiable input"):
         module.objective("gaussian_nll")
     with pytest.raises(ValueError, match="delta"):

@@ -30,8 +30,7 @@ HESS = [n for n in HESS if n not in HESS_ROWWISE]
 def test_which_losses_declare_a_hessian():
     pointwise = set(fl.names("pointwise"))
     assert set(HESS) <= pointwise
-    # every pointwise loss but the two whose Hessians can be negative and need a floor (not yet)
-    assert pointwise - set(HESS) == {"sigmoid_focal", "robust"}
+    assert set(HESS) == pointwise
     assert UNIT <= set(HESS)
     assert HESS_ROWWISE == ["cross_entropy"]
 
@@ -221,8 +220,10 @@ def test_bad_out_and_unsupported_calls_raise_clearly():
         fl.mse.grad_hess(x, t, out=buf)
     with pytest.raises(TypeError, match="stats"):
         fl.mse.hess(x, t, stats=True)
-    with pytest.raises(NotImplementedError, match="no second derivative"):
-        fl.robust.hess(x, t)
+    with pytest.raises(TypeError, match="hess_floor"):
+        fl.mse.hess(x, t, hess_floor="0")
+    with pytest.raises(ValueError, match="NaN"):
+        fl.mse.hess(x, t, hess_floor=float("nan"))
     with pytest.raises(NotImplementedError, match="no second derivative"):
         fl.kl_divergence.hess(np.zeros((2, 3)), np.full((2, 3), 1 / 3))
     with pytest.raises(NotImplementedError, match="the rowreduce kind"):
@@ -334,3 +335,21 @@ def test_cross_entropy_hessian_is_accurate_for_confident_rows():
     e = np.exp(-40.0)
     want_top = 2 * e / (1 + 2 * e) ** 2  # p (1 - p) with 1 - p = 2e / (1 + 2e)
     np.testing.assert_allclose(h[0, 0], want_top, rtol=1e-13)
+
+
+def test_hess_floor_clips_the_returned_hessian_from_below():
+    """Negative true Hessians (robust with alpha < 2 at large residuals, a confident focal loss, the
+    variance of gaussian_nll) are returned as they are, and clipped by ``hess_floor``."""
+    d = np.array([-10.0, -0.1, 0.0, 0.1, 10.0, np.nan])
+    h = fl.robust.hess(d, np.zeros(6), alpha=0.0, reduction="sum")
+    assert h[0] < 0 and h[2] > 0 and np.isnan(h[5])
+    clipped = fl.robust.hess(d, np.zeros(6), alpha=0.0, reduction="sum", hess_floor=1e-6)
+    np.testing.assert_array_equal(clipped[:5], np.maximum(h[:5], 1e-6))
+    assert np.isnan(clipped[5])
+    _, hf = fl.sigmoid_focal.grad_hess(np.array([-8.0]), np.array([1.0]), reduction="sum", hess_floor=0.0)
+    assert fl.sigmoid_focal.hess(np.array([-8.0]), np.array([1.0]), reduction="sum")[0] < 0 and hf[0] == 0.0
+    out = np.empty(6)
+    assert fl.robust.hess(d, np.zeros(6), alpha=0.0, hess_floor=0.5, out=out) is out
+    assert np.nanmin(out) == 0.5
+    assert "hess_floor" in inspect.signature(fl.robust.value_grad_hess).parameters
+    assert "hess_floor" in fl.robust.hess.__doc__

@@ -131,8 +131,33 @@ def _sigmoid_focal_gamma2(pred, target, alpha, gamma):
     return _focal_finish(r, target, ce, m * m, 2.0 * m * dm, alpha)
 
 
+
+def _sigmoid_focal_hess(pred, target, alpha, gamma):
+    # loss a ce M with M = m^gamma: hess = a (ce'' M + 2 ce' M' + ce M''), ce' = r = p - y,
+    # ce'' = p q, m' = p q (1 - 2y), m'' = m' (q - p); M' and M'' are taken relative to m
+    # (M m'/m, M (m'/m)^2, M m''/m), finite wherever m > 0
+    r, ce, m, dm = _focal_base(pred, target)
+    p = sigmoid(pred)
+    q = sigmoid(-pred)
+    mg = pow(m, gamma)
+    d1 = 0.0
+    d2 = 0.0
+    if gamma != 0.0 and m > 0.0:
+        u = dm / m
+        d1 = gamma * mg * u
+        d2 = gamma * mg * ((gamma - 1.0) * u * u + u * (q - p))
+    h = p * q * mg + 2.0 * r * d1 + (ce * d2 if d2 != 0.0 else 0.0)
+    if alpha >= 0.0:
+        h *= alpha * target + (1.0 - alpha) * (1.0 - target)
+    return h
+
 sigmoid_focal = _on_logits(
     "sigmoid_focal", _sigmoid_focal,
+    hessian=_sigmoid_focal_hess,
+    hessian_formula=r"\partial^2 \ell / \partial x^2 = a_t \big(p (1 - p)\, m^\gamma + 2 (p - y) (m^\gamma)' + \mathrm{CE}\, (m^\gamma)''\big),\quad m = 1 - p_t",
+    hessian_note=("The true second derivative, negative where a prediction is confidently wrong and the loss "
+                  "bends towards linear (``gamma > 0``): pass ``hess_floor=`` (e.g. 1e-6) where a booster needs "
+                  "positive Hessians."),
     options={"kernel_for": lambda params: _sigmoid_focal_gamma2 if params["gamma"] == 2.0 else _sigmoid_focal},
     params=(
         Param("alpha", 0.25, "Weight of positives (negative: no weighting)", Interval(-math.inf, 1.0), special=(-1.0,)),

@@ -279,8 +279,25 @@ def _robust(pred, target, alpha, scale):
     return value, grad
 
 
+
+def _robust_hess(pred, target, alpha, scale):
+    # d/dx [x/c^2 (z/b + 1)^(alpha/2 - 1)] = (z/b + 1)^(alpha/2 - 1) / c^2 (1 + (alpha - 2) z / (z + b))
+    x = pred - target
+    inv_c2 = 1.0 / (scale * scale)
+    z = x * x * inv_c2
+    welsch = math.isinf(alpha)
+    b = abs(alpha - 2.0)
+    e = exp(-0.5 * z if welsch else (0.5 * alpha - 1.0) * log1p(z / b))
+    k = 1.0 - z if welsch else 1.0 + (alpha - 2.0) * z / (z + b)
+    h = inv_c2 * e * k
+    return (inv_c2 if x == x else x) if alpha == 2.0 else h
+
 robust = _residual(
     "robust", _robust,
+    hessian=_robust_hess,
+    hessian_formula=r"\partial^2 \ell / \partial x^2 = \frac{1}{c^2} \Big(\frac{z}{|\alpha - 2|} + 1\Big)^{\alpha/2 - 1} \Big(1 + \frac{(\alpha - 2)\, z}{z + |\alpha - 2|}\Big),\quad z = (x - y)^2 / c^2",
+    hessian_note=("The true second derivative, negative for large residuals when ``alpha < 2`` (the loss is "
+                  "concave there): pass ``hess_floor=`` where a booster needs positive Hessians."),
     params=(
         Param("alpha", 1.0, "Shape: 2 is L2, 1 pseudo-Huber, 0 Cauchy, -2 Geman-McClure, -inf Welsch",
               Interval(-math.inf, math.inf, (True, False)), special=(2.0, 0.0, -math.inf, -2.0, 1e-7, 2.0 - 1e-7)),
