@@ -112,14 +112,12 @@ class Loss:
             kind = select_kind(self._kind, spec, inputs, weight, out)
             if not getattr(kind, "hessians", False):
                 raise NotImplementedError(
-                    f"{loss}.{name}(): Hessians are computed on the CPU for the pointwise losses and cross "
-                    f"entropy; this call runs on the {kind.name} kind{'' if kind is self._kind else ' (CUDA)'}"
+                    f"{loss}.{name}(): Hessians are computed for the pointwise losses (CPU and CUDA) and for "
+                    f"cross entropy (CPU); this call runs on the {kind.name} kind"
+                    f"{'' if kind is self._kind else ' (CUDA)'}"
                 )
             result = kind.run(spec, inputs, params, weight, reduction, need_value=need_value, need_grad=need_grad,
-                              out=gout, need_hess=True, hess_out=hout)
-            if floor is not None:
-                for a in result.hess:
-                    np.maximum(a, floor, out=a)  # NaN stays NaN
+                              out=gout, need_hess=True, hess_out=hout, hess_floor=floor)
             h = result.hess[0] if single else tuple(result.hess)
             if not need_grad:
                 return h

@@ -810,3 +810,44 @@ def test_cross_entropy_large_logits_keep_their_accuracy(dtype, eps):
     y = np.array([30, 30])
     value, grad = fl.cross_entropy.value_and_grad(dev(x), dev(y), label_smoothing=eps, reduction="none")
     _check(x, y, eps, host(value), host(grad))
+
+
+# -- Hessians --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", POINTWISE)
+def test_pointwise_hessians_match_cpu(name):
+    """The declared second derivatives from the device kernel, scaled as on the CPU."""
+    loss = fl.get(name)
+    rng = np.random.default_rng(11)
+    xs = pointwise_inputs(loss.spec, (5, 7), rng)
+    w = rng.uniform(0.5, 2.0, size=(5, 7))
+    for reduction, weight in (("mean", None), ("sum", w)):
+        v, g, h = loss.value_grad_hess(*map(dev, xs), weight=None if weight is None else dev(weight),
+                                       reduction=reduction)
+        want = loss.value_grad_hess(*xs, weight=weight, reduction=reduction)
+        close(v, want[0])
+        for a, b in zip(as_tuple(g), as_tuple(want[1])):
+            close(a, b)
+        for a, b in zip(as_tuple(h), as_tuple(want[2])):
+            assert hasattr(a, "copy_to_host")
+            close(a, b)
+
+
+def test_hessian_out_broadcast_and_floor_on_the_device():
+    p, t = np.linspace(-3, 3, 12), np.zeros(12)
+    h = cuda.device_array(12)
+    got = fl.huber.hess(dev(p), dev(t), out=h, reduction="sum")
+    assert got is h
+    close(h, fl.huber.hess(p, t, reduction="sum"))
+    row = np.linspace(-1, 1, 6)[None, :]  # pred broadcast against (4, 6) targets: summed second derivatives
+    tt = np.random.default_rng(0).normal(size=(4, 6))
+    close(fl.log_cosh.hess(dev(row), dev(tt), reduction="sum"), fl.log_cosh.hess(row, tt, reduction="sum"))
+    g = cuda.device_array(12)
+    with pytest.raises(ValueError, match="overlapping"):
+        fl.mse.grad_hess(dev(p), dev(t), out=(g, g))
+    d = np.array([-10.0, 0.0, 10.0])
+    close(fl.robust.hess(dev(d), dev(np.zeros(3)), alpha=0.0, hess_floor=1e-3, reduction="sum"),
+          fl.robust.hess(d, np.zeros(3), alpha=0.0, hess_floor=1e-3, reduction="sum"))
+    with pytest.raises(NotImplementedError, match="CUDA"):
+        fl.cross_entropy.hess(dev(np.zeros((2, 3))), dev(np.array([0, 1])))

@@ -94,7 +94,7 @@ def test_shared_kernels_compile_and_assemble_for_sm90():
 
     kernels = ptx.shared_kernels()
     assert {"finalize", "sum_values", "grad_stats", "first_not_in", "first_outside", "check_labels",
-            "sum_to"} <= set(kernels)
+            "sum_to", "clip_below"} <= set(kernels)
     for name, code in kernels.items():
         assert ".target sm_90" in code, name
         assert not re.search(r"atom\.[a-z.]*\.f(32|64)", code), f"{name} uses float atomics"
@@ -112,6 +112,8 @@ def test_every_loss_compiles_to_ptx_for_sm90(name, dtype):
     # class labels as int64 with float64 logits, as int32 (PyTorch's and CuPy's other common choice) with float32
     kernels = _kinds.loss_ptx(fl.get(name), dtype, labels=np.int64 if dtype == "float64" else np.int32)
     assert kernels
+    if fl.get(name).spec.kind == "pointwise":
+        assert "pointwise_hess" in kernels, "every pointwise loss declares a Hessian"
     for kname, code in kernels.items():
         assert ".target sm_90" in code and ".entry" in code
         # reductions go through per-block partials and an ordered final pass: no float atomics
@@ -120,7 +122,7 @@ def test_every_loss_compiles_to_ptx_for_sm90(name, dtype):
         assert re.search(r"setp\.(lt|ge|gt|le)\.[us]64", code), kname
         info = ptx.assemble(code)
         assert info["cubin_bytes"] > 0, info["log"]
-        if kname == "pointwise":
+        if kname.startswith("pointwise"):  # the loss kernel and its Hessian variant
             assert info["spill_bytes"] == 0 and info["local_bytes"] == 0, info["log"]
         else:  # row kernels are compiled for ROW_SM_THREADS resident threads per SM
             assert info["registers"] <= 65536 // config.ROW_SM_THREADS, info["log"]

@@ -94,6 +94,16 @@ def finalize(partials, out, scale, wsum, flags):
         out[0] = total * s
 
 
+def clip_below(n, a, low):
+    """``a[i] = max(a[i], low)`` for ``i < n``, NaN kept (a Hessian's ``hess_floor``)."""
+    i = grid_start()
+    step = grid_step()
+    while i < n:
+        if a[i] < low:
+            a[i] = low
+        i += step
+
+
 def sum_values(n, x, b, partials):
     """Per-block float64 sums of ``x[i * b]`` for ``i < n`` (``b = 0`` repeats a single value)."""
     acc = 0.0
@@ -238,7 +248,8 @@ def _scatter_source(ndim: int) -> str:
 
 
 DEVICE_FUNCTIONS = (grid_start, grid_step, block_fold, block_sum, block_max)
-KERNELS = (fill, finalize, sum_values, grad_stats, first_not_in, first_outside, check_labels, sum_to)
+KERNELS = (fill, finalize, sum_values, grad_stats, first_not_in, first_outside, check_labels, sum_to,
+           clip_below)
 
 
 class Toolkit:

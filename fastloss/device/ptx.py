@@ -63,6 +63,7 @@ def shared_kernels(cc: tuple[int, int] = DEFAULT_CC, threads: int = 256, ndims=(
             "check_labels": (u64, _array(np.int32), i64, i64, types.boolean, _array(np.float64), types.boolean,
                              _array(np.int64), _array(np.float64)),
             "sum_to": (u64, _array(np.float32), _array(np.float32), types.UniTuple(u64, 3), types.UniTuple(u64, 3)),
+            "clip_below": (u64, _array(np.float32), f64),
         }
         for name, sig in sigs.items():
             out[name] = cuda.compile_ptx(getattr(tk, name).py_func, sig, cc=cc)[0]

@@ -91,11 +91,15 @@ class CudaKind:
     def extra_params(self, spec: LossSpec) -> tuple[Param, ...]:
         return ()
 
-    def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False):
+    def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False,
+            need_hess=False, hess_out=None, hess_floor=None):
         from ..device import arrays as device  # imports numba.cuda: CUDA calls only
 
         pl = device.Placement(spec.name, spec.inputs[0].name, inputs[0])
         with pl.active():
+            if need_hess:  # only kinds that declare ``hessians`` are asked (see Loss._hess_method)
+                return self._run(pl, spec, inputs, params, weight, reduction, need_value, need_grad, out, stats,
+                                 need_hess=True, hess_out=hess_out, hess_floor=hess_floor)
             return self._run(pl, spec, inputs, params, weight, reduction, need_value, need_grad, out, stats)
 
 

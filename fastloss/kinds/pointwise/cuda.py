@@ -57,7 +57,7 @@ from .. import base as _kinds
 _F64 = np.dtype(np.float64)
 
 _TEMPLATE = '''
-def pointwise(n, {inputs}, w, bw, {grads}, loss_out, {params}scale, wsum, flags, partials):
+def pointwise(n, {inputs}, w, bw, {grads}, {hess_args}loss_out, {params}scale, wsum, flags, partials):
     """Value and gradients of elements i < n in one pass; x_k[i * b_k] (b_k = 0 broadcasts one value)."""
     s = scale
     if flags & SCALE_BY_WSUM:  # weighted mean: the weight sum was reduced on the device
@@ -77,6 +77,7 @@ def pointwise(n, {inputs}, w, bw, {grads}, loss_out, {params}scale, wsum, flags,
         if need_grad:
             sw = s * wi
 {scatter}
+{hess}
         if per_element:
             loss_out[i] = v
         i += step
@@ -86,12 +87,14 @@ def pointwise(n, {inputs}, w, bw, {grads}, loss_out, {params}scale, wsum, flags,
 '''
 
 
-def kernel_source(n_inputs: int, n_grads: int, n_params: int, real: str, bounds=()) -> str:
+def kernel_source(n_inputs: int, n_grads: int, n_params: int, real: str, bounds=(), hess: bool = False) -> str:
     """The fused kernel's source for a loss of this arity, computing in ``real`` (``float32``/``float64``).
 
     ``bounds``: ``(k, low)`` pairs, input ``k``'s declared lower bound (``lower_bounds`` option): an
     element below it gets a NaN loss and NaN gradients (values are checked before the kernel runs
-    unless ``config.CHECK_LABELS`` is off, see :func:`check_lower_bound`).
+    unless ``config.CHECK_LABELS`` is off, see :func:`check_lower_bound`). ``hess``: the kernel also
+    takes one Hessian buffer per differentiable input (after the gradients) and writes the declared
+    ``_hess_kernel``'s second derivatives into them, scaled as the gradients.
     """
     if bounds:
         cond = " or ".join(f"float64(x{k}[i * b{k}]) < {float(low)!r}" for k, low in bounds)
@@ -100,11 +103,20 @@ def kernel_source(n_inputs: int, n_grads: int, n_params: int, real: str, bounds=
         grad = "math.nan if outside else res[{j}] * sw"
     else:
         outside, value, grad = "", "float64(res[0]) * wi", "res[{j}] * sw"
+    args = ", ".join([f"{real}(x{k}[i * b{k}])" for k in range(n_inputs)] + [f"p{j}" for j in range(n_params)])
+    hess_lines = ""
+    if hess:
+        entry = ["hres"] if n_grads == 1 else [f"hres[{j}]" for j in range(n_grads)]
+        nan = "math.nan if outside else " if bounds else ""
+        hess_lines = "\n".join([f"        hres = _hess_kernel({args})", "        sh = s * wi"]
+                                + [f"        h{j}[i] = {nan}{e} * sh" for j, e in enumerate(entry)])
     return _TEMPLATE.format(
         inputs=", ".join(f"x{k}, b{k}" for k in range(n_inputs)),
         grads=", ".join(f"g{j}" for j in range(n_grads)),
+        hess_args="".join(f"h{j}, " for j in range(n_grads)) if hess else "",
+        hess=hess_lines,
         params="".join(f"p{j}, " for j in range(n_params)),
-        args=", ".join([f"{real}(x{k}[i * b{k}])" for k in range(n_inputs)] + [f"p{j}" for j in range(n_params)]),
+        args=args,
         scatter="\n".join(f"            g{j}[i] = " + grad.format(j=j + 1) for j in range(n_grads)),
         outside=outside,
         value=value,
@@ -129,31 +141,35 @@ class CudaPointwise(_kinds.CudaKind):
     """The pointwise kind for CUDA arrays (same contract as :class:`fastloss.kinds.pointwise.host.PointwiseKind`)."""
 
     name = "pointwise"
+    #: ``run`` computes the Hessian diagonal (``need_hess``) of losses that declare ``hessian``
+    hessians = True
 
     def __init__(self) -> None:
         self._kernels: dict[tuple, object] = {}
         self._layout = _kinds.Layouts(_Layout)
         self._lock = threading.Lock()
 
-    def kernel(self, spec: LossSpec, real: str, n_params: int):
-        """The fused kernel of ``spec`` computing in ``real``, compiled lazily and memoised."""
+    def kernel(self, spec: LossSpec, real: str, n_params: int, hess: bool = False):
+        """The fused kernel of ``spec`` computing in ``real``, compiled lazily and memoised (``hess``:
+        the variant that also writes the Hessian diagonal)."""
         tk = kernels.shared()
-        key = (spec.kernel, real, n_params, tk.threads, self._layout(spec).bounds)
+        key = (spec.kernel, real, n_params, tk.threads, self._layout(spec).bounds, spec.hessian if hess else None)
         kern = self._kernels.get(key)
         if kern is None:
             with self._lock:
                 kern = self._kernels.get(key)
                 if kern is None:
-                    kern = self._kernels[key] = cuda.jit(self.python_kernel(spec, real, n_params, tk))
+                    kern = self._kernels[key] = cuda.jit(self.python_kernel(spec, real, n_params, tk, hess))
         return kern
 
-    def python_kernel(self, spec: LossSpec, real: str, n_params: int, tk):
+    def python_kernel(self, spec: LossSpec, real: str, n_params: int, tk, hess: bool = False):
         """The fused kernel of ``spec`` as a Python function over ``tk``'s globals (to jit, or for PTX)."""
         layout = self._layout(spec)
-        source = kernel_source(len(layout.names), len(layout.diff), n_params, real, layout.bounds)
+        source = kernel_source(len(layout.names), len(layout.diff), n_params, real, layout.bounds, hess)
         scalar = getattr(spec.kernel, "py_func", spec.kernel)
         extra = {
             "_loss_kernel": cuda.jit(device=True)(scalar),
+            **({"_hess_kernel": cuda.jit(device=True)(getattr(spec.hessian, "py_func", spec.hessian))} if hess else {}),
             "float32": float32,
             "float64": float64,
             "NEED_GRAD": NEED_GRAD,
@@ -171,24 +187,32 @@ class CudaPointwise(_kinds.CudaKind):
         layout = self._layout(spec)
         real = compute_dtype(np.empty(0, dtype))
         n_params = len(spec.kernel_params({p.name: p.default for p in spec.params}))
-        fn = self.python_kernel(spec, real.name, n_params, kernels.Toolkit(threads))
+        tk = kernels.Toolkit(threads)
 
         def arr(dt):
             return types.Array(from_dtype(np.dtype(dt)), 1, "C")
 
         i64, u64, f64 = types.int64, types.uint64, types.float64
-        sig = [u64]
-        for _ in layout.names:
-            sig += [arr(dtype), u64]
-        sig += [arr(real), u64, *(arr(grad_dtype(np.empty(0, dtype))) for _ in layout.diff), arr(dtype)]
-        sig += [from_dtype(real)] * n_params + [f64, arr(np.float64), i64, arr(np.float64)]
-        return {"pointwise": cuda.compile_ptx(fn, tuple(sig), cc=cc)[0]}
+        grads = [arr(grad_dtype(np.empty(0, dtype))) for _ in layout.diff]
+        out = {}
+        for hess in (False, True) if spec.hessian is not None else (False,):
+            sig = [u64]
+            for _ in layout.names:
+                sig += [arr(dtype), u64]
+            sig += [arr(real), u64, *grads, *(grads if hess else ()), arr(dtype)]
+            sig += [from_dtype(real)] * n_params + [f64, arr(np.float64), i64, arr(np.float64)]
+            fn = self.python_kernel(spec, real.name, n_params, tk, hess)
+            out["pointwise_hess" if hess else "pointwise"] = cuda.compile_ptx(fn, tuple(sig), cc=cc)[0]
+        return out
 
     # -- a call ----------------------------------------------------------------------------
 
-    def _run(self, pl, spec, inputs, params, weight, reduction, need_value, need_grad, out, stats):
+    def _run(self, pl, spec, inputs, params, weight, reduction, need_value, need_grad, out, stats,
+             need_hess=False, hess_out=None, hess_floor=None):
         name = spec.name
         layout = self._layout(spec)
+        if need_hess and spec.hessian is None:
+            raise NotImplementedError(f"{name}: no second derivative is declared for this loss")
         originals = [pl.first] + [pl.view(n, x) for n, x in zip(layout.names[1:], inputs[1:])]
         views = _adapt(spec, layout.adapt, originals) if layout.adapt is not None else originals
         shape = tuple(broadcast_shape(name, layout.names, views))
@@ -205,6 +229,13 @@ class CudaPointwise(_kinds.CudaKind):
         if need_grad:
             outs = check_outs(name, layout.names, layout.diff, out, originals, wview,
                               check=device.out_checker(name, pl))
+        houts = [None] * len(layout.diff)
+        if need_hess:
+            houts = check_outs(name, layout.names, layout.diff, hess_out, originals, wview,
+                               check=device.out_checker(name, pl))
+            for h in houts:
+                if h is not None and any(g is not None and device.overlap(h[1], g[1]) for g in outs):
+                    raise ValueError(f"{name}: out= gives the gradient and the Hessian overlapping buffers")
         checks = Checks(pl, name)
         for k, values in layout.discrete:
             checks.discrete(layout.names[k], views[k], values)
@@ -246,6 +277,12 @@ class CudaPointwise(_kinds.CudaKind):
                 gbufs.append((native, device.flat(view), False))
             else:
                 gbufs.append((None, pl.scratch(0, gdtype), False))
+        # Hessian buffers: always ours (copied into hess_out= at the end, as an overlapping gradient is)
+        hbufs = []
+        if need_hess:
+            for k in layout.diff:
+                native, view = pl.empty(shape, grad_dtype(originals[k]))
+                hbufs.append((native, device.flat(view), False))
         out_dtype = views[0].dtype if views[0].dtype.kind == "f" else real
         loss_native = None
         if flags & PER_ELEMENT:
@@ -258,17 +295,32 @@ class CudaPointwise(_kinds.CudaKind):
         partials = pl.scratch(blocks, _F64)
         if n:
             kparams = [real.type(p) for p in spec.kernel_params(params)]
-            kern = self.kernel(spec, real.name, len(kparams))
+            kern = self.kernel(spec, real.name, len(kparams), need_hess)
             args = [U(n)]
             for x, b in xs:
                 args += [x, U(b)]
-            args += [w, U(bw), *(g for _, g, _ in gbufs), loss_out, *kparams, scale, wsum, flags, partials]
+            args += [w, U(bw), *(g for _, g, _ in gbufs), *(h for _, h, _ in hbufs), loss_out, *kparams, scale,
+                     wsum, flags, partials]
             kern[blocks, threads, pl.stream](*args)
 
         value = (reduced_value(pl, reduction, loss_native, partials, n, out_dtype, scale, wsum, flags)
                  if need_value else None)
-        return result(pl, value, gbufs if need_grad else [], shape, [views[k] for k in layout.diff],
-                      [originals[k] for k in layout.diff], outs, stats)
+        res = result(pl, value, gbufs if need_grad else [], shape, [views[k] for k in layout.diff],
+                     [originals[k] for k in layout.diff], outs, stats)
+        if need_hess:
+            if hess_floor is not None:
+                if any(tuple(views[k].shape) != shape for k in layout.diff):
+                    raise NotImplementedError(
+                        f"{name}: hess_floor with a broadcast differentiable input is not supported for CUDA arrays"
+                    )
+                if n:
+                    blocks, threads = pl.grid(n)
+                    for _, h, _ in hbufs:  # before the copy into hess_out=: the same clip as the CPU's
+                        pl.kernels().clip_below[blocks, threads, pl.stream](U(n), h, float(hess_floor))
+            hess = tuple(finish_grad(pl, native, h, shape, views[k], originals[k], o)
+                         for (native, h, _), k, o in zip(hbufs, layout.diff, houts))
+            res = res._replace(hess=hess)
+        return res
 
 
 def _adapt(spec: LossSpec, adapt, views):

@@ -379,9 +379,10 @@ class PointwiseKind:
         return fast
 
     def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False,
-            need_hess=False, hess_out=None):
+            need_hess=False, hess_out=None, hess_floor=None):
         """One call: checks, buffers, one fused driver pass. ``need_hess``: also the Hessian
-        diagonal, into ``hess_out`` (one array, or a tuple per differentiable input) when given."""
+        diagonal, into ``hess_out`` (one array, or a tuple per differentiable input) when given,
+        clipped from below at ``hess_floor`` (NaN kept)."""
         name = spec.name
         layout = self._layout(spec)
         diff = layout.diff
@@ -470,6 +471,9 @@ class PointwiseKind:
                 self._finish_grad(h, arrays[k], originals[k].shape, houts[j], shape)
                 for j, (h, k) in enumerate(zip(hs, diff))
             )
+            if hess_floor is not None:
+                for h in hess:
+                    np.maximum(h, hess_floor, out=h)  # NaN stays NaN
         return Result(value, grads, _stats.combine(stat_rows) if stats else None, hess)
 
     @staticmethod

@@ -198,7 +198,7 @@ class RowwiseKind:
         return spec.kernel if pick is None else pick(params, index_targets)
 
     def run(self, spec, inputs, params, weight, reduction, *, need_value, need_grad, out, stats=False,
-            need_hess=False, hess_out=None):
+            need_hess=False, hess_out=None, hess_floor=None):
         """One call: checks, buffers, one fused driver pass. ``need_hess``: also the Hessian
         diagonal with respect to the logits, into ``hess_out`` when given."""
         name = spec.name
@@ -345,7 +345,10 @@ class RowwiseKind:
             if hess_out is not None:
                 hess_out[...] = full
                 full = hess_out
-            hess = (full if hess_out is not None else full.astype(gdtype, copy=False),)
+            full = full if hess_out is not None else full.astype(gdtype, copy=False)
+            if hess_floor is not None:
+                np.maximum(full, hess_floor, out=full)  # NaN stays NaN
+            hess = (full,)
         return Result(value, grads, _stats.combine(stat_rows) if stats else None, hess)
 
     @staticmethod
