@@ -31,7 +31,7 @@ from .custom import CustomLoss, pointwise, rowwise  # noqa: E402
 from .device import cuda_available  # noqa: E402
 from .linear_ce import LinearCrossEntropy, linear_cross_entropy  # noqa: E402
 from .losses import *  # noqa: E402,F403
-from .losses.classification import binary_cross_entropy, hinge, sigmoid_focal, squared_hinge  # noqa: E402
+from .losses.classification import binary_cross_entropy, exponential, hinge, sigmoid_focal, squared_hinge  # noqa: E402
 from .losses.embedding import contrastive, cosine_embedding, info_nce, triplet_margin  # noqa: E402
 from .losses.multiclass import (  # noqa: E402
     cross_entropy,
@@ -42,9 +42,9 @@ from .losses.multiclass import (  # noqa: E402
     softmax_focal,
 )
 from .losses.overlap import dice, giou, jaccard, tversky  # noqa: E402
-from .losses.probabilistic import gaussian_nll, poisson_nll  # noqa: E402
+from .losses.probabilistic import gamma, gaussian_nll, poisson_nll, tweedie  # noqa: E402
 from .losses.ranking import bpr, margin_ranking  # noqa: E402
-from .losses.regression import huber, log_cosh, mae, mse, quantile, robust, smooth_l1  # noqa: E402
+from .losses.regression import huber, log_cosh, mae, mse, pseudo_huber, quantile, robust, smooth_l1  # noqa: E402
 from .losses.regularization import l1, l2  # noqa: E402
 
 __all__ = [
@@ -67,6 +67,8 @@ __all__ = [
     "cuda_available",
     "dice",
     "empty_cache",
+    "exponential",
+    "gamma",
     "gaussian_nll",
     "generalized_cross_entropy",
     "get",
@@ -88,6 +90,7 @@ __all__ = [
     "pointwise",
     "poisson_nll",
     "poly1_cross_entropy",
+    "pseudo_huber",
     "quantile",
     "robust",
     "rowwise",
@@ -98,4 +101,5 @@ __all__ = [
     "threading_layer",
     "triplet_margin",
     "tversky",
+    "tweedie",
 ]

@@ -21,8 +21,8 @@ PLAIN = [n for n in POINTWISE if KIND.fast_path(fl.get(n).spec, fl.get(n)._param
 def general(loss, inputs, params, reduction="mean", *, need_value=True, need_grad=True, out=None):
     """The general path, called directly."""
     checked = {p.name: p.check(loss.spec.name, params[p.name]) for p in loss.spec.params}
-    value, grads, _ = KIND.run(loss.spec, list(inputs), checked, None, reduction,
-                               need_value=need_value, need_grad=need_grad, out=out)
+    value, grads = KIND.run(loss.spec, list(inputs), checked, None, reduction,
+                               need_value=need_value, need_grad=need_grad, out=out)[:2]
     return value, grads
 
 

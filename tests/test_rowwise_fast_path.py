@@ -22,8 +22,8 @@ PLAIN = [n for n in ROWWISE if KIND.fast_path(fl.get(n).spec, fl.get(n)._params,
 def general(loss, inputs, params, reduction="mean", *, need_value=True, need_grad=True):
     """The general path, called directly (parameters checked as ``Loss._bind`` checks them)."""
     checked = {p.name: p.check(loss.spec.name, params.get(p.name, p.default)) for p in loss._params}
-    value, grads, _ = KIND.run(loss.spec, list(inputs), checked, None, reduction,
-                               need_value=need_value, need_grad=need_grad, out=None)
+    value, grads = KIND.run(loss.spec, list(inputs), checked, None, reduction,
+                               need_value=need_value, need_grad=need_grad, out=None)[:2]
     return value, grads
 
 

@@ -9,7 +9,7 @@ from .._compile import inline_helper
 from .._config import FASTMATH
 
 # mathfn's pow (not ``**``): a libm call per element would keep the driver loop scalar
-from .._kernels.mathfn import pow, sigmoid, softplus_sigmoid
+from .._kernels.mathfn import exp, pow, sigmoid, softplus_sigmoid
 from .._spec import Discrete, Input, Interval, Param, Properties
 from ._common import sigmoid_curvature, unit_curvature, unit_hessian
 
@@ -243,5 +243,46 @@ squared_hinge = _margin(
     example="""
     >>> float(fl.squared_hinge(np.array([0.5, -2.0]), np.array([1, 0])))
     0.125
+    """,
+)
+
+
+@_piece
+def _exponential_terms(pred, target):
+    # hard labels as selects: y e^-x + (1 - y) e^x would form 0 * inf (NaN) at an infinite logit
+    a = exp(-pred)
+    b = exp(pred)
+    pos = target == 1.0
+    neg = target == 0.0
+    value = a if pos else (b if neg else target * a + (1.0 - target) * b)
+    slope = -a if pos else (b if neg else (1.0 - target) * b - target * a)
+    return value, slope
+
+
+def _exponential(pred, target):
+    return _exponential_terms(pred, target)
+
+
+def _exponential_hess(pred, target):
+    return _exponential_terms(pred, target)[0]  # the loss is its own second derivative
+
+
+exponential = _on_logits(
+    "exponential", _exponential,
+    hessian=_exponential_hess,
+    hessian_formula=r"\partial^2 \ell / \partial x^2 = y\, e^{-x} + (1 - y)\, e^{x} = \ell",
+    summary="Exponential loss (AdaBoost) of a binary classifier's score.",
+    formula=r"\ell(x, y) = y\, e^{-x} + (1 - y)\, e^{x},\quad y \in [0, 1]",
+    gradient=r"\partial \ell / \partial x = -y\, e^{-x} + (1 - y)\, e^{x}",
+    reference="Freund, Y., Schapire, R. E. (1997). A decision-theoretic generalization of on-line learning and an "
+              "application to boosting. J. Computer and System Sciences 55(1).",
+    equivalents={"scikit-learn": "ExponentialLoss (GradientBoostingClassifier(loss=\"exponential\"))"},
+    semantics=("Labels in {0, 1} (soft labels in [0, 1] mix the two terms), as scikit-learn's ``ExponentialLoss``: "
+               "``exp(-x)`` for positives, ``exp(x)`` for negatives; value, gradient and Hessian match it."),
+    properties=Properties("binary classification", "high (exponential)", "exponential in the margin",
+                          "boosting (AdaBoost)", "medium (exp)"),
+    example="""
+    >>> round(float(fl.exponential(np.array([2.0, -1.0]), np.array([1.0, 0.0]))), 6)
+    0.251607
     """,
 )

@@ -7,8 +7,9 @@ import math
 import numpy as np
 
 from .._api import family
-from .._compile import scalar_kernel
-from .._kernels.mathfn import exp, log
+from .._compile import inline_helper, scalar_kernel
+from .._config import FASTMATH
+from .._kernels.mathfn import exp, expm1, log, pow
 from .._spec import Input, Interval, Param, Properties
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -153,5 +154,94 @@ gaussian_nll = _nll(
     >>> loss, (g_mean, g_var) = fl.gaussian_nll.value_and_grad(np.array([1.0]), np.array([0.0]), np.array([2.0]))
     >>> round(float(loss), 6), float(g_mean[0]), float(g_var[0])
     (0.596574, 0.5, 0.125)
+    """,
+)
+
+
+@inline_helper(set(FASTMATH))
+def _gamma_deviance(v):
+    """``e^v - 1 - v``, accurate for small ``|v|`` (series) where the difference cancels."""
+    small = abs(v) < 1e-3
+    series = v * v * (0.5 + v * (1.0 / 6.0 + v * (1.0 / 24.0 + v * (1.0 / 120.0))))
+    return series if small else expm1(v) - v
+
+
+def _gamma(pred, target):
+    # half the gamma deviance on a log link, y e^-x + x - log y - 1, in terms of v = log y - x
+    v = log(target) - pred
+    return _gamma_deviance(v), -expm1(v)
+
+
+def _gamma_hess(pred, target):
+    return exp(log(target) - pred)
+
+
+LOG_LINK = Input("pred", "Raw predictions on the log scale (the predicted mean is ``exp(pred)``).", differentiable=True)
+
+gamma = _nll(
+    "gamma", _gamma,
+    hessian=_gamma_hess,
+    hessian_formula=r"\partial^2 \ell / \partial x^2 = y\, e^{-x}",
+    inputs=(LOG_LINK, Input("target", "Observed positive values.", Interval(0.0, math.inf, (False, True)))),
+    summary="Half the gamma deviance, on a log link.",
+    formula=r"\ell(x, y) = y\, e^{-x} + x - \log y - 1",
+    gradient=r"\partial \ell / \partial x = 1 - y\, e^{-x}",
+    reference="McCullagh, P., Nelder, J. A. (1989). Generalized Linear Models, 2nd ed. Chapman & Hall.",
+    equivalents={"scikit-learn": "HalfGammaLoss (plus its constant, so the minimum is 0)", "XGBoost": "reg:gamma",
+                 "LightGBM": "gamma"},
+    semantics=("scikit-learn's ``HalfGammaLoss`` plus its ``constant_to_optimal_zero`` (``-log y - 1``): half the "
+               "gamma deviance, 0 at ``exp(x) = y``; the gradient and Hessian are scikit-learn's."),
+    properties=Properties("positive regression", "medium", "bounded above by 1", "claim sizes, durations, costs",
+                          "medium (exp, log)"),
+    example="""
+    >>> round(float(fl.gamma(np.array([0.0, 1.0]), np.array([1.0, 2.0]))), 6)
+    0.021306
+    """,
+)
+
+
+def _tweedie(pred, target, power):
+    # half the Tweedie deviance on a log link: exp(x (2-p)) / (2-p) - y exp(x (1-p)) / (1-p) plus
+    # the constant y^(2-p) / ((1-p)(2-p)); p = 1 (Poisson) and p = 2 (gamma) have their own limits
+    e1 = exp((1.0 - power) * pred)
+    e2 = exp((2.0 - power) * pred)
+    grad = e2 - target * e1
+    ylog = target * log(target) if target > 0.0 else 0.0 * target  # 0 log 0 = 0 (NaN stays NaN)
+    poisson = e2 - target * pred + ylog - target
+    gamma = _gamma_deviance(log(target) - pred)
+    general = e2 / (2.0 - power) - target * e1 / (1.0 - power) + pow(target, 2.0 - power) / (
+        (1.0 - power) * (2.0 - power))
+    value = poisson if power == 1.0 else (gamma if power == 2.0 else general)
+    return value, grad
+
+
+def _tweedie_hess(pred, target, power):
+    return (2.0 - power) * exp((2.0 - power) * pred) - (1.0 - power) * target * exp((1.0 - power) * pred)
+
+
+tweedie = _nll(
+    "tweedie", _tweedie,
+    hessian=_tweedie_hess,
+    hessian_formula=r"\partial^2 \ell / \partial x^2 = (2 - p)\, e^{(2 - p) x} - (1 - p)\, y\, e^{(1 - p) x}",
+    inputs=(LOG_LINK, Input("target", "Observed non-negative values (positive for ``power=2``).",
+                            Interval(0.0, math.inf))),
+    params=(Param("power", 1.5, "Tweedie power: 1 Poisson, in between compound Poisson-gamma, 2 gamma",
+                  Interval(1.0, 2.0), special=(1.0, 2.0)),),
+    domains=lambda params: {"target": Interval(0.0, math.inf, (False, True))} if params["power"] == 2.0 else {},
+    summary="Half the Tweedie deviance with power in [1, 2], on a log link.",
+    formula=(r"\ell = \frac{e^{(2-p)x}}{2-p} - y \frac{e^{(1-p)x}}{1-p} + \frac{y^{2-p}}{(1-p)(2-p)}"
+             r"\quad (p = 1\text{: } e^x - y x + y \log y - y;\ p = 2\text{: } y e^{-x} + x - \log y - 1)"),
+    gradient=r"\partial \ell / \partial x = e^{(2-p)x} - y\, e^{(1-p)x}",
+    reference="Jørgensen, B. (1987). Exponential dispersion models. J. Royal Statistical Society B 49(2).",
+    equivalents={"scikit-learn": "HalfTweedieLoss (plus its constant, so the minimum is 0)",
+                 "XGBoost": "reg:tweedie (tweedie_variance_power = power)", "LightGBM": "tweedie"},
+    semantics=("scikit-learn's ``HalfTweedieLoss(power)`` on a log link plus its ``constant_to_optimal_zero``: half "
+               "the Tweedie deviance, 0 at ``exp(x) = y``; the gradient and Hessian are XGBoost's ``reg:tweedie`` "
+               "and scikit-learn's."),
+    properties=Properties("non-negative regression", "medium", "exponential in the log-mean",
+                          "insurance claims, zero-inflated totals", "medium (exp, pow)"),
+    example="""
+    >>> round(float(fl.tweedie(np.array([0.0, 1.0]), np.array([0.0, 2.0]), power=1.5)), 6)
+    1.033355
     """,
 )

@@ -6,6 +6,7 @@ import math
 
 from .._api import family
 from .._compile import inline_helper
+from .._config import FASTMATH
 from .._kernels.mathfn import exp, expm1, log1p, softplus, tanh
 from .._spec import Input, Interval, Param, Properties
 from ._common import sigmoid_curvature, sign, unit_curvature, unit_hessian
@@ -316,5 +317,46 @@ robust = _residual(
     example="""
     >>> round(float(fl.robust(np.array([3.0]), np.zeros(1), alpha=0.0)), 6)
     1.704748
+    """,
+)
+
+
+@inline_helper(set(FASTMATH))
+def _pseudo_huber_root(u):
+    """``sqrt(1 + u^2)``, without the overflow of ``u^2`` past 1e154 (where it is ``|u|`` in any case)."""
+    a = abs(u)
+    return math.sqrt(1.0 + u * u) if a < 1e150 else a
+
+
+def _pseudo_huber(pred, target, delta):
+    # delta^2 (sqrt(1 + u^2) - 1) as delta^2 u^2 / (sqrt(1 + u^2) + 1): no cancellation for small u
+    u = (pred - target) / delta
+    r = _pseudo_huber_root(u)
+    return delta * delta * u * (u / (r + 1.0)), delta * u / r
+
+
+def _pseudo_huber_hess(pred, target, delta):
+    r = _pseudo_huber_root((pred - target) / delta)
+    return 1.0 / (r * r * r)
+
+
+pseudo_huber = _residual(
+    "pseudo_huber", _pseudo_huber,
+    hessian=_pseudo_huber_hess,
+    hessian_formula=r"\partial^2 \ell / \partial x^2 = \big(1 + (d / \delta)^2\big)^{-3/2}",
+    params=(Param("delta", 1.0, "Scale of the residual where the loss turns from quadratic to linear",
+                  Interval(0.0, math.inf, (False, False))),),
+    summary="Pseudo-Huber loss: a smooth Huber loss, quadratic near zero and linear in the tails.",
+    formula=r"\ell = \delta^2 \left(\sqrt{1 + (d / \delta)^2} - 1\right),\quad d = x - y",
+    gradient=r"\partial \ell / \partial x = d \big/ \sqrt{1 + (d / \delta)^2}",
+    reference="Charbonnier, P., Blanc-Féraud, L., Aubert, G., Barlaud, M. (1997). Deterministic edge-preserving "
+              "regularization in computed imaging. IEEE Trans. Image Processing 6(2).",
+    equivalents={"XGBoost": "reg:pseudohubererror (huber_slope = delta)"},
+    semantics="Value, gradient and Hessian of XGBoost's ``reg:pseudohubererror`` with ``huber_slope=delta``.",
+    properties=Properties("regression", "low (linear tails)", "bounded by delta, smooth", "robust regression, boosting",
+                          "low"),
+    example="""
+    >>> round(float(fl.pseudo_huber(np.array([0.5, 2.0, -1.0]), np.zeros(3))), 6)
+    0.589439
     """,
 )

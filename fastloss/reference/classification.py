@@ -55,3 +55,9 @@ def squared_hinge(pred, target, *, margin=1.0, xp=np):
     y = _signs(target, pred.dtype, xp)
     m = xp.maximum(margin - y * pred, 0.0)
     return elementwise(m * m, -2.0 * y * m)
+
+
+@reference
+def exponential(pred, target, *, xp=np):
+    a, b = xp.exp(-pred), xp.exp(pred)
+    return elementwise(target * a + (1.0 - target) * b, (1.0 - target) * b - target * a)

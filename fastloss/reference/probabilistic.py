@@ -34,3 +34,23 @@ def gaussian_nll(pred, target, var, *, full=False, eps=1e-6, xp=np):
     if full:
         loss = loss + HALF_LOG_2PI
     return elementwise(loss, d / v, 0.5 * (1.0 / v - d * d / (v * v)))
+
+
+@reference
+def gamma(pred, target, *, xp=np):
+    r = target * xp.exp(-pred)
+    return elementwise(r + pred - xp.log(target) - 1.0, 1.0 - r)
+
+
+@reference
+def tweedie(pred, target, *, power=1.5, xp=np):
+    e1, e2 = xp.exp((1.0 - power) * pred), xp.exp((2.0 - power) * pred)
+    if power == 1.0:
+        ylogy = xp.where(target > 0, target * xp.log(xp.where(target > 0, target, 1.0)), 0.0)
+        loss = e2 - target * pred + ylogy - target
+    elif power == 2.0:
+        loss = target * xp.exp(-pred) + pred - xp.log(target) - 1.0
+    else:
+        constant = target ** (2.0 - power) / ((1.0 - power) * (2.0 - power))
+        loss = e2 / (2.0 - power) - target * e1 / (1.0 - power) + constant
+    return elementwise(loss, e2 - target * e1)

@@ -72,3 +72,10 @@ def robust(pred, target, *, alpha=1.0, scale=1.0, xp=np):
     t = xp.log1p(z / b)
     # base**(alpha/2) - 1 cancels for alpha near 0; expm1 of the log is the same quantity without that
     return elementwise(b / alpha * xp.expm1(0.5 * alpha * t), x_c2 * xp.exp((0.5 * alpha - 1.0) * t))
+
+
+@reference
+def pseudo_huber(pred, target, *, delta=1.0, xp=np):
+    d = pred - target
+    r = xp.sqrt(1.0 + (d / delta) ** 2)
+    return elementwise(delta * delta * (r - 1.0), d / r)
