@@ -5,7 +5,9 @@ this script finds where fastloss's fused kernel starts to pay, which sets
 ``fastloss.torch``'s ``SMALL_CROSS_ENTROPY`` threshold. Rounds are interleaved (fastloss, PyTorch,
 fastloss, ...) and the best round of each is kept, so a noisy machine slows both alike.
 
-Run: ``python bench/torch_small.py [--threads 1] [--dtype float32] [--rounds 7]``
+Run: ``python bench/torch_small.py [--fused-only] [--threads 1] [--dtype float32] [--rounds 7]``
+(``--fused-only``: fastloss's kernel at every size, to find the crossover; without it, what
+``fastloss.torch.cross_entropy`` does, PyTorch's function included below the threshold).
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ def main(argv=None) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
     print(f"{'N x C':>12} {'fastloss':>11} {'PyTorch':>11} {'ratio':>7}")
-    for n, c in [(16, 10), (64, 10), (256, 10), (64, 100), (256, 100), (1024, 100), (128, 1000), (2048, 100),
-                 (256, 1000), (1024, 1000), (4096, 1000)]:
+    for n, c in [(16, 10), (64, 10), (256, 10), (16384, 10), (64, 100), (256, 100), (1024, 100), (2048, 100),
+                 (4096, 100), (16384, 32), (512, 256), (32, 1000), (128, 1000), (256, 1000), (1024, 1000),
+                 (4096, 1000)]:
         x = torch.from_numpy(rng.standard_normal((n, c))).to(dtype).requires_grad_()
         y = torch.from_numpy(rng.integers(0, c, n))
 

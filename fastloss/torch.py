@@ -246,13 +246,15 @@ class _Slots(tuple):
     index_of: tuple[int, ...]
 
 
-SMALL_CROSS_ENTROPY = 131072
-"""Below this many logits, ``fastloss.torch.cross_entropy(logits, target)`` (no keyword but
-``reduction``) calls ``torch.nn.functional.cross_entropy``: at such sizes both are per-call
-overhead, not arithmetic, and a Python ``autograd.Function`` (about 80 us for forward and
-backward on the 2-core test VM before any arithmetic) cannot match PyTorch's C++ path.
-``python bench/torch_small.py`` measures the crossover (1 thread, float32, 2-core VM:
-fastloss 1.7x slower at 64 x 10, 1.2x at 1024 x 100, 1.6x faster at 256 x 1000).
+SMALL_CROSS_ENTROPY = 262144
+"""Up to this many logits, ``fastloss.torch.cross_entropy(logits, target)`` (no keyword but
+``reduction``) calls ``torch.nn.functional.cross_entropy``; for rows longer than 128 classes the
+limit shrinks to ``SMALL_CROSS_ENTROPY * 128 / C`` (PyTorch's cost per logit grows with the row
+length, fastloss's does not). At such sizes both are mostly per-call overhead, and a Python
+``autograd.Function`` (about 80 us for forward and backward on the 2-core test VM before any
+arithmetic) cannot match PyTorch's C++ path. ``python bench/torch_small.py --fused-only`` measures
+the crossover (1 thread, float32, 2-core VM, fastloss's kernel against PyTorch: 1.6-2.0x slower at
+16 x 10 to 64 x 100, 1.1-1.2x at 1024-2048 x 100, faster from 4096 x 100, 16384 x 32, 128 x 1000).
 Set it to 0 to run fastloss's kernel at every size.
 """
 
@@ -260,14 +262,17 @@ Set it to 0 to run fastloss's kernel at every size.
 def _small_cross_entropy(logits, target, reduction: str) -> torch.Tensor | None:
     """``F.cross_entropy`` for a small plain call that it computes as fastloss does, else ``None``.
 
-    Only CPU ``(N, C)`` float32/float64 logits, at most ``SMALL_CROSS_ENTROPY`` of them, with
+    Only CPU ``(N, C)`` float32/float64 logits, no more than ``SMALL_CROSS_ENTROPY`` allows, with
     int64 class indices, under fastloss's defaults (``ignore_index=-100``, no smoothing, no
     weights, classes on the last axis), which are PyTorch's. An error (a label out of range,
     mismatched shapes) is left to fastloss, whose message names the argument.
     """
     if not (type(logits) is torch.Tensor and type(target) is torch.Tensor and logits.dtype in _FLOATS
             and target.dtype is torch.int64 and logits.ndim == 2 and target.ndim == 1 and logits.is_cpu
-            and target.is_cpu and logits.numel() <= SMALL_CROSS_ENTROPY):
+            and target.is_cpu):
+        return None
+    n = logits.numel()
+    if n > SMALL_CROSS_ENTROPY or (logits.shape[1] > 128 and n * logits.shape[1] > SMALL_CROSS_ENTROPY * 128):
         return None
     try:
         return _F.cross_entropy(logits, target, reduction=reduction)

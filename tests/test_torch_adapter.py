@@ -259,7 +259,7 @@ def _ce_pair(shape, dtype, seed=11):
 def test_small_plain_cross_entropy_is_pytorchs_bit_for_bit(dtype, reduction):
     """At most SMALL_CROSS_ENTROPY logits, a plain call is F.cross_entropy: same bits, same gradient."""
     a, b, y = _ce_pair((16, 10), dtype)
-    assert a.numel() <= flt.SMALL_CROSS_ENTROPY
+    assert flt._small_cross_entropy(a.detach(), y, "sum") is not None
     ours = flt.cross_entropy(a, y, reduction=reduction)
     ref = F.cross_entropy(b, y, reduction=reduction)
     assert ours.dtype == dtype and ours.shape == ref.shape
@@ -287,6 +287,17 @@ def test_plain_cross_entropy_above_the_threshold_is_fastlosss(monkeypatch, dtype
     a.grad = None
     flt.cross_entropy(a, y, reduction="sum").backward()  # grad_output 1: the saved gradient as it is
     np.testing.assert_array_equal(a.grad.numpy(), fl.cross_entropy.grad(a.detach().numpy(), y.numpy(), reduction="sum"))
+
+
+def test_small_cross_entropy_limit_shrinks_for_long_rows(monkeypatch):
+    monkeypatch.setattr(flt, "SMALL_CROSS_ENTROPY", 4096)
+    y = torch.zeros(8, dtype=torch.int64)
+    assert flt._small_cross_entropy(torch.zeros(8, 128), y, "mean") is not None  # 1024 logits, short rows
+    assert flt._small_cross_entropy(torch.zeros(32, 128), y[:1].expand(32).contiguous(), "mean") is not None
+    assert flt._small_cross_entropy(torch.zeros(33, 128), torch.zeros(33, dtype=torch.int64), "mean") is None
+    # 256 classes: at most 4096 * 128 / 256 = 2048 logits
+    assert flt._small_cross_entropy(torch.zeros(8, 256), y, "mean") is not None
+    assert flt._small_cross_entropy(torch.zeros(9, 256), torch.zeros(9, dtype=torch.int64), "mean") is None
 
 
 def test_small_cross_entropy_leaves_other_calls_to_fastloss():
