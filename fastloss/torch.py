@@ -52,7 +52,6 @@ gradient: that raises instead of silently returning a zero gradient.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
 
 import numpy as np
 
@@ -388,17 +387,4 @@ def _check_requires_grad(loss: Loss, inputs) -> None:
             )
 
 
-@cache
-def _registered(name: str) -> Callable[..., torch.Tensor]:
-    f = globals()[name] = wrap(REGISTRY[name])  # later lookups find it without __getattr__
-    return f
-
-
-def __getattr__(name: str):
-    if name in REGISTRY:
-        return _registered(name)
-    raise AttributeError(f"module 'fastloss.torch' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *REGISTRY])
+__getattr__, __dir__ = _adapters.module_attributes(__name__, globals(), wrap)
