@@ -23,14 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @fl.pointwise
-def pseudo_huber(pred, target, delta=1.0):
+def charbonnier(pred, target, delta=1.0):
     """Pseudo-Huber loss: smooth, quadratic near zero, linear in the tails."""
     d = pred - target
     s = math.sqrt(1.0 + (d / delta) ** 2)
     return delta * delta * (s - 1.0), d / s
 
 
-def pseudo_huber_ref(pred, target, delta=1.0):
+def charbonnier_ref(pred, target, delta=1.0):
     """Plain float64 NumPy reference: per-element values and gradients."""
     d = np.asarray(pred, np.float64) - np.asarray(target, np.float64)
     s = np.sqrt(1.0 + (d / delta) ** 2)
@@ -59,10 +59,10 @@ def data():
 @pytest.mark.parametrize("delta", [1.0, 0.3])
 def test_matches_the_numpy_reference_for_every_reduction(data, reduction, delta):
     p, t = data
-    want_v, want_g = reduced(*pseudo_huber_ref(p, t, delta), reduction)
-    v = pseudo_huber(p, t, delta=delta, reduction=reduction)
-    g = pseudo_huber.grad(p, t, delta=delta, reduction=reduction)
-    fv, fg = pseudo_huber.value_and_grad(p, t, delta=delta, reduction=reduction)
+    want_v, want_g = reduced(*charbonnier_ref(p, t, delta), reduction)
+    v = charbonnier(p, t, delta=delta, reduction=reduction)
+    g = charbonnier.grad(p, t, delta=delta, reduction=reduction)
+    fv, fg = charbonnier.value_and_grad(p, t, delta=delta, reduction=reduction)
     np.testing.assert_allclose(v, want_v, rtol=1e-12)
     np.testing.assert_allclose(g, want_g, rtol=1e-12, atol=1e-16)
     np.testing.assert_array_equal(fv, v)
@@ -72,23 +72,23 @@ def test_matches_the_numpy_reference_for_every_reduction(data, reduction, delta)
 def test_weights_broadcasting_dtypes_and_out(data):
     p, t = data
     w = np.random.default_rng(1).uniform(0.1, 2.0, size=(40, 1))
-    want_v, want_g = reduced(*pseudo_huber_ref(p, t), "mean", w)
-    v, g = pseudo_huber.value_and_grad(p, t, weight=w)
+    want_v, want_g = reduced(*charbonnier_ref(p, t), "mean", w)
+    v, g = charbonnier.value_and_grad(p, t, weight=w)
     np.testing.assert_allclose(v, want_v, rtol=1e-12)
     np.testing.assert_allclose(g, want_g, rtol=1e-12, atol=1e-16)
     # target broadcast along rows; gradient keeps pred's shape
     row = t[0]
-    _, g = pseudo_huber.value_and_grad(p, row, reduction="sum")
-    np.testing.assert_allclose(g, pseudo_huber_ref(p, row)[1], rtol=1e-12)
+    _, g = charbonnier.value_and_grad(p, row, reduction="sum")
+    np.testing.assert_allclose(g, charbonnier_ref(p, row)[1], rtol=1e-12)
     # float32 computed natively
-    v32, g32 = pseudo_huber.value_and_grad(p.astype(np.float32), t.astype(np.float32))
+    v32, g32 = charbonnier.value_and_grad(p.astype(np.float32), t.astype(np.float32))
     assert v32.dtype == np.float32 and g32.dtype == np.float32
-    np.testing.assert_allclose(v32, reduced(*pseudo_huber_ref(p.astype(np.float32), t.astype(np.float32)), "mean")[0],
+    np.testing.assert_allclose(v32, reduced(*charbonnier_ref(p.astype(np.float32), t.astype(np.float32)), "mean")[0],
                                rtol=1e-5)
     # out= in place over the prediction, inputs otherwise untouched
     p_copy, t_copy = p.copy(), t.copy()
-    want = pseudo_huber.grad(p, t)
-    _, g = pseudo_huber.value_and_grad(p_copy, t_copy, out=p_copy)
+    want = charbonnier.grad(p, t)
+    _, g = charbonnier.value_and_grad(p_copy, t_copy, out=p_copy)
     assert g is p_copy
     np.testing.assert_array_equal(g, want)
     np.testing.assert_array_equal(t_copy, t)
@@ -130,7 +130,7 @@ def test_bit_identical_for_any_thread_count(pointwise_path):
     for threads in (1, numba.config.NUMBA_NUM_THREADS):
         numba.set_num_threads(threads)
         try:
-            results.append(pseudo_huber.value_and_grad(p, t, delta=0.5, stats=True))
+            results.append(charbonnier.value_and_grad(p, t, delta=0.5, stats=True))
         finally:
             numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     (v1, g1, s1), (v2, g2, s2) = results
@@ -158,18 +158,18 @@ def test_several_gradients_in_argument_order():
 
 
 def test_signature_docstring_and_parameters():
-    sig = inspect.signature(pseudo_huber)
+    sig = inspect.signature(charbonnier)
     assert list(sig.parameters)[:3] == ["pred", "target", "delta"]
     assert sig.parameters["delta"].kind is inspect.Parameter.KEYWORD_ONLY
     assert sig.parameters["delta"].default == 1.0
-    assert pseudo_huber.__doc__.startswith("Pseudo-Huber loss")
-    assert "Parameters" in pseudo_huber.grad.__doc__
-    assert pseudo_huber.func(3.0, 0.0) == pseudo_huber_ref(3.0, 0.0)  # the original function stays usable
-    assert isinstance(pseudo_huber, fl.Loss) and isinstance(pseudo_huber, fl.CustomLoss)
+    assert charbonnier.__doc__.startswith("Pseudo-Huber loss")
+    assert "Parameters" in charbonnier.grad.__doc__
+    assert charbonnier.func(3.0, 0.0) == charbonnier_ref(3.0, 0.0)  # the original function stays usable
+    assert isinstance(charbonnier, fl.Loss) and isinstance(charbonnier, fl.CustomLoss)
     with pytest.raises(TypeError, match="keyword-only"):
-        pseudo_huber(np.zeros(2), np.zeros(2), 0.5)
+        charbonnier(np.zeros(2), np.zeros(2), 0.5)
     with pytest.raises(TypeError, match="delta must be a float"):
-        pseudo_huber(np.zeros(2), np.zeros(2), delta="big")
+        charbonnier(np.zeros(2), np.zeros(2), delta="big")
 
 
 def test_domains_of_parameters_and_inputs_are_checked():
@@ -271,7 +271,7 @@ def test_bad_options():
 
 
 def test_not_registered_unless_asked():
-    assert "pseudo_huber" not in fl.REGISTRY
+    assert "charbonnier" not in fl.REGISTRY
 
     def shifted(pred, target, shift=0.0):
         d = pred - target - shift
@@ -313,7 +313,7 @@ def test_functions_without_source_work_compiled_in_memory():
     lam = fl.pointwise(lambda pred, target: (abs(pred - target), 1.0), name="lam")
     anonymous = fl.pointwise(lambda pred: (pred, 1.0))
     assert cube.spec.options["cache"] is False
-    assert pseudo_huber.spec.options["cache"] is True  # defined in this file
+    assert charbonnier.spec.options["cache"] is True  # defined in this file
     x = np.array([1.0, -2.0])
     assert float(cube(x, 0.0, reduction="sum")) == -7.0
     assert float(lam(x, 0.0, reduction="sum")) == 3.0
@@ -325,7 +325,7 @@ def test_functions_without_source_work_compiled_in_memory():
 
 
 def test_module_level_custom_loss_pickles_by_reference():
-    assert pickle.loads(pickle.dumps(pseudo_huber)) is pseudo_huber
+    assert pickle.loads(pickle.dumps(charbonnier)) is charbonnier
 
 
 def test_check_grad_finds_a_wrong_gradient_and_where():
@@ -338,7 +338,7 @@ def test_check_grad_finds_a_wrong_gradient_and_where():
     res = fl.check_grad(wrong, p, np.zeros(13))
     assert not res.ok
     assert res.input == "pred" and p[res.index] > 1.5
-    assert fl.check_grad(pseudo_huber, p, np.zeros(13), delta=0.7).ok
+    assert fl.check_grad(charbonnier, p, np.zeros(13), delta=0.7).ok
 
 
 # -- the disk cache ---------------------------------------------------------------------------------

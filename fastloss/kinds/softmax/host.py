@@ -323,32 +323,22 @@ class RowwiseKind:
                 for p in partials[nb:]:  # block order, as the driver adds the losses
                     aux_total += p
                 value = (value, reduce_value(reduction, aux_total, loss_rows[n:], scale, n, lead, out_dtype))
-        grads = ()
-        if need_grad:
-            if g2 is direct:
-                grad = out
-            else:
-                full = g2.reshape(xm.shape)
-                if axis != logits.ndim - 1:
-                    full = np.moveaxis(full, -1, axis)
-                if out is not None:
-                    out[...] = full
-                    grad = out
-                else:
-                    grad = full.astype(gdtype, copy=False)
-            grads = (grad,)
-        hess = ()
-        if need_hess:
-            full = h2.reshape(xm.shape)
+        def finish(buf, into):
+            """A ``(n, classes)`` buffer in the logits' layout, copied into ``into`` when given."""
+            full = buf.reshape(xm.shape)
             if axis != logits.ndim - 1:
                 full = np.moveaxis(full, -1, axis)
-            if hess_out is not None:
-                hess_out[...] = full
-                full = hess_out
-            full = full if hess_out is not None else full.astype(gdtype, copy=False)
+            if into is None:
+                return full.astype(gdtype, copy=False)
+            into[...] = full
+            return into
+
+        grads = ((out if g2 is direct else finish(g2, out)),) if need_grad else ()
+        hess = ()
+        if need_hess:
+            hess = (finish(h2, hess_out),)
             if hess_floor is not None:
-                np.maximum(full, hess_floor, out=full)  # NaN stays NaN
-            hess = (full,)
+                np.maximum(hess[0], hess_floor, out=hess[0])  # NaN stays NaN
         return Result(value, grads, _stats.combine(stat_rows) if stats else None, hess)
 
     @staticmethod
